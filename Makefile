@@ -1,0 +1,56 @@
+# tidal: the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := scripts/stack.sh
+# Every command below sees the embedded stack's settings (ports, generated credentials).
+WITH_ENV = set -a && source "$$($(STACK) env)" && set +a &&
+
+.PHONY: venv demo up down status test test-fast lock clean
+
+venv: $(VENV)/.installed
+
+# The venv is built from the committed lock only; torch resolves to the CPU build 2.13.0.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==26.3
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
+	@touch $@
+
+up: venv
+	$(STACK) up all
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+# Starts the stack in the background, feeds the stream, runs three cycles under the scheduler, prints a summary.
+demo: venv
+	$(STACK) up all
+	$(WITH_ENV) $(BIN)/python -m tidal.demo
+
+# The whole suite. SeaweedFS is started for it (and stopped afterwards only if this target started it).
+test: venv
+	@$(WITH_ENV) started_s3=0; \
+	if ! $(STACK) status | grep -q 'seaweedfs: running'; then $(STACK) up s3 && started_s3=1; fi; \
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS); rc=$$?; \
+	if [ $$started_s3 = 1 ]; then $(STACK) down; fi; \
+	exit $$rc
+
+test-fast: venv
+	$(BIN)/python -m pytest tests -m "not slow and not stack" $(PYTEST_ARGS)
+
+# Regenerate the lock from a fresh resolve of pyproject's direct dependencies.
+lock:
+	rm -rf /tmp/tidal-lock-venv && $(PYTHON) -m venv /tmp/tidal-lock-venv
+	/tmp/tidal-lock-venv/bin/pip install -q ".[test]"
+	( head -3 requirements.lock; /tmp/tidal-lock-venv/bin/pip freeze --exclude tidal | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' ) > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean: down
+	rm -rf .stack data reports

@@ -1,0 +1,28 @@
+"""One place that builds the local Spark session every Spark job uses (bound to loopback, UI off, UTC)."""
+
+from __future__ import annotations
+
+import os
+
+
+def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "tidal"):
+    # Imported here so that importing a job module (e.g. from a DAG file) never starts a JVM.
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    spark = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        # A replayed micro-batch rewrites only the partitions it owns.
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

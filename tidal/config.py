@@ -1,0 +1,149 @@
+"""Typed configuration: hyperparameters from params.yaml, locations and credentials from the environment.
+
+params.yaml is the one place hyperparameters live (one section per stage plus `base`). The environment only moves
+things (TIDAL_HOME, the S3 endpoint) and carries secrets; nothing here holds a credential. Every section is a
+pydantic model, so a wrong type or an out-of-range value is refused with a message before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS_PATH = REPO_ROOT / "params.yaml"
+
+
+class _Section(BaseModel):
+    # Unknown keys are refused: a typo in params.yaml must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int = 42
+    event_types: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
+    max_future_skew_s: int = Field(300, ge=0, description="events later than now + skew are quarantined")
+    max_id_length: int = Field(256, ge=1)
+
+
+class GenerateParams(_Section):
+    users: int = Field(400, ge=1)
+    items: int = Field(300, ge=1)
+    events_per_file: int = Field(2000, ge=1)
+    latent_dim: int = Field(8, ge=1)
+    popularity_exponent: float = Field(1.1, gt=0)
+    new_users_per_file: int = Field(8, ge=0)
+    new_items_per_file: int = Field(3, ge=0)
+    start_time: str = "2026-11-01T00:00:00Z"
+    file_interval_s: int = Field(300, ge=1)
+    drift_at_file: int | None = Field(None, ge=0)
+    categories: tuple[str, ...] = ("action", "comedy", "drama", "horror", "romance", "scifi", "documentary", "kids")
+
+
+class FeaturesParams(_Section):
+    event_type_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 2.0}
+    max_files_per_trigger: int = Field(1000, ge=1)
+    spark_master: str = "local[2]"
+    shuffle_partitions: int = Field(4, ge=1)
+
+
+class ValidateParams(_Section):
+    max_bad_row_share: float = Field(0.2, ge=0, le=1)
+    suite: str = "features.examples"
+
+
+class DriftParams(_Section):
+    alpha: float = Field(0.01, gt=0, lt=1)
+    features: tuple[str, ...] = ("value", "event_weight", "hour_of_day", "user_batch_events", "item_batch_events")
+    reference_max_rows: int = Field(20000, ge=10)
+
+
+class TrainParams(_Section):
+    dim: int = Field(32, ge=1)
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(512, ge=1)
+    half_life_days: float = Field(7.0, gt=0)
+    replay_fraction: float = Field(0.5, ge=0)
+    anchor_l2: float = Field(1e-3, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    replay_max_rows: int = Field(20000, ge=0)
+
+
+class GateParams(_Section):
+    k: int = Field(10, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    recall_tolerance: float = Field(0.02, ge=0, description="candidate may trail production by this much Recall@k")
+
+
+class ScheduleParams(_Section):
+    incremental_every_minutes: int = Field(5, ge=1)
+
+
+class Params(_Section):
+    base: BaseParams = BaseParams()
+    generate: GenerateParams = GenerateParams()
+    features: FeaturesParams = FeaturesParams()
+    validation: ValidateParams = ValidateParams()
+    drift: DriftParams = DriftParams()
+    train: TrainParams = TrainParams()
+    gate: GateParams = GateParams()
+    schedule: ScheduleParams = ScheduleParams()
+
+
+class S3Settings(_Section):
+    """Where artifacts are pushed. Credentials are read by boto3/DVC from AWS_* variables, never stored here."""
+
+    endpoint_url: str | None
+    bucket: str
+    prefix: str = "dvc"
+
+    @property
+    def remote_url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+class Settings(_Section):
+    home: Path
+    params: Params
+    s3: S3Settings
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, home: Path) -> Path:
+        return home.expanduser().resolve()
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and what to do."""
+
+
+def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml (or TIDAL_PARAMS) and apply {section: {key: value}} overrides, validating everything."""
+    params_path = Path(path or os.environ.get("TIDAL_PARAMS", DEFAULT_PARAMS_PATH))
+    if not params_path.is_file():
+        raise ConfigError(f"params file {params_path} not found; set TIDAL_PARAMS or run from the checkout")
+    raw = yaml.safe_load(params_path.read_text()) or {}
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid parameters in {params_path}:\n{err}") from None
+
+
+def load_settings(params_path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """The whole configuration: params plus locations from the environment, each with a default."""
+    return Settings(
+        home=Path(os.environ.get("TIDAL_HOME", REPO_ROOT / "data")),
+        params=load_params(params_path, overrides),
+        s3=S3Settings(
+            endpoint_url=os.environ.get("TIDAL_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+            bucket=os.environ.get("TIDAL_S3_BUCKET", "tidal"),
+            prefix=os.environ.get("TIDAL_S3_PREFIX", "dvc"),
+        ),
+    )

@@ -1,0 +1,103 @@
+"""The storage layout under one root (TIDAL_HOME), and the small atomic-write helpers every step uses.
+
+Layout (see DESIGN.md): landing/events, bronze/events, quarantine/events, features/examples, features/state,
+checkpoints/stream, registry, reports. Writers put a file next to its destination and `os.replace` it, so a
+reader sees the old content or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    root: Path
+
+    @property
+    def landing_events(self) -> Path:
+        return self.root / "landing" / "events"
+
+    @property
+    def landing_items(self) -> Path:
+        return self.root / "landing" / "items"
+
+    @property
+    def bronze_events(self) -> Path:
+        return self.root / "bronze" / "events"
+
+    @property
+    def quarantine_events(self) -> Path:
+        return self.root / "quarantine" / "events"
+
+    @property
+    def feature_examples(self) -> Path:
+        return self.root / "features" / "examples"
+
+    @property
+    def feature_state(self) -> Path:
+        return self.root / "features" / "state"
+
+    @property
+    def stream_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "stream"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def examples_batch(self, batch_id: int) -> Path:
+        return self.feature_examples / f"batch_id={batch_id}"
+
+    def run_reports(self, run_id: str) -> Path:
+        """Each run (an Airflow run id or a CLI cycle id) keeps its step summaries and reports together."""
+        return self.reports / "runs" / safe_name(run_id)
+
+    def ensure(self) -> "StorageLayout":
+        for path in (self.landing_events, self.landing_items, self.bronze_events, self.quarantine_events,
+                     self.feature_examples, self.feature_state, self.stream_checkpoint, self.registry, self.reports):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def safe_name(run_id: str) -> str:
+    """Airflow run ids hold ':' and '+'; keep folder names portable."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_step_summary(reports_dir: Path, step: str, summary: dict[str, Any]) -> Path:
+    """Every step writes its small machine-readable summary as <run reports>/<step>.json."""
+    path = reports_dir / f"{step}.json"
+    atomic_write_json(path, summary)
+    return path
