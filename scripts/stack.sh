@@ -132,7 +132,8 @@ start_airflow() {
   (umask 077; printf '{"%s": "%s"}\n' "$TIDAL_AIRFLOW_USER" "$TIDAL_AIRFLOW_PASSWORD" \
     >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
   # setsid: standalone and its four components share one process group we can signal as a unit.
-  setsid nohup "$venv_bin/airflow" standalone >"$stack_dir/logs/airflow.log" 2>&1 </dev/null &
+  # standalone starts its components as `airflow ...` subprocesses, so the venv must lead PATH.
+  PATH="$venv_bin:$PATH" setsid nohup "$venv_bin/airflow" standalone >"$stack_dir/logs/airflow.log" 2>&1 </dev/null &
   echo $! >"$stack_dir/pids/airflow.pid"
   log "airflow standalone starting (pid $!), UI on $AIRFLOW__API__BASE_URL"
   wait_for airflow "$AIRFLOW__API__BASE_URL/api/v2/monitor/health" 240

@@ -62,16 +62,9 @@ class DriftParams(_Section):
     reference_max_rows: int = Field(20000, ge=10)
 
 
-class TrainParams(_Section):
-    dim: int = Field(32, ge=1)
-    epochs: int = Field(3, ge=1)
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(512, ge=1)
-    half_life_days: float = Field(7.0, gt=0)
-    replay_fraction: float = Field(0.5, ge=0)
-    anchor_l2: float = Field(1e-3, ge=0)
-    grad_clip: float = Field(5.0, gt=0)
-    replay_max_rows: int = Field(20000, ge=0)
+class FinetuneParams(_Section):
+    replay_max_rows: int = Field(20000, ge=0, description="most recent history rows offered to the replay sampler")
+    min_examples: int = Field(50, ge=1, description="a cycle with fewer new examples skips training")
 
 
 class GateParams(_Section):
@@ -90,7 +83,10 @@ class Params(_Section):
     features: FeaturesParams = FeaturesParams()
     validation: ValidateParams = ValidateParams()
     drift: DriftParams = DriftParams()
-    train: TrainParams = TrainParams()
+    # The model's hyperparameters, by the names of models.recommender.TrainConfig; jobs.finetune turns them into
+    # a TrainConfig, which refuses unknown names (config sits below models and does not import it).
+    train: dict[str, int | float | None] = {}
+    finetune: FinetuneParams = FinetuneParams()
     gate: GateParams = GateParams()
     schedule: ScheduleParams = ScheduleParams()
 

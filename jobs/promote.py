@@ -1,0 +1,51 @@
+"""promote: move the production alias to a run's candidate if its gate passed; otherwise record the rejection.
+
+Idempotent per run id: a retried task finds the version it already made and leaves the alias where it is.
+Run: `tidal promote --run-id RUN`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tidal.config import Settings, load_settings
+from tidal.registry import Registry
+from tidal.storage import StorageLayout, read_json, write_step_summary
+
+
+def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], reports_dir: Path | None = None) -> dict[str, Any]:
+    registry = Registry(StorageLayout(settings.home).registry)
+    if gate_summary.get("status") == "skipped":
+        summary = {"run_id": run_id, "promoted": False, "reason": gate_summary["reason"]}
+    elif not gate_summary["passed"]:
+        registry.record_rejection(run_id, reason=gate_summary["reason"], details=gate_summary)
+        summary = {"run_id": run_id, "promoted": False, "reason": gate_summary["reason"]}
+    else:
+        version = registry.promote_candidate(run_id, reason=gate_summary["reason"])
+        summary = {"run_id": run_id, "promoted": True, "version": version.version, "kind": version.metadata["kind"],
+                   "reason": gate_summary["reason"]}
+    production = registry.production()
+    summary["production_version"] = production.version if production else None
+    print(f"[promote] {'promoted ' + summary['version'] if summary['promoted'] else 'not promoted'}; "
+          f"production is {summary['production_version']}", flush=True)
+    if reports_dir is not None:
+        write_step_summary(reports_dir, "promote", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidal promote", description="Promote a run's candidate if its gate passed.")
+    parser.add_argument("--run-id", required=True)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    reports = StorageLayout(settings.home).run_reports(args.run_id)
+    summary = run_promote(settings, args.run_id, read_json(reports / "gate.json"), reports)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
