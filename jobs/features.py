@@ -155,21 +155,17 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     rules = EventRules(event_types=params.base.event_types, max_id_length=params.base.max_id_length,
                        max_future_skew_s=params.base.max_future_skew_s, now_epoch_s=now_epoch_s)
     zero_byte_files = claim_zero_byte_files(layout, batch_id)
-    files = sorted([r.path for r in files_df.select("path").collect()] + zero_byte_files)
     lines = landing_lines(files_df)
     if zero_byte_files:
         lines = lines.unionByName(spark.createDataFrame(
             [(path, 0, None, "empty_file") for path in zero_byte_files],
             "source_file string, line_number int, line string, file_reason string"))
-    parsed = classify_events(lines, rules).withColumn("batch_id", F.lit(batch_id)).persist()
-
-    quarantined = parsed.filter(F.col("quarantine_reason").isNotNull()).select(
-        "batch_id", "source_file", "line_number", "quarantine_reason", F.col("line").alias("raw_record"))
-    valid = parsed.filter(F.col("quarantine_reason").isNull())
+    parsed = classify_events(lines, rules).withColumn("batch_id", F.lit(batch_id))
 
     # Duplicates: the same event_id earlier in this batch (stable order), or in any earlier batch.
-    first_in_batch = Window.partitionBy("event_id").orderBy("event_time", "source_file", "line_number")
-    ranked = valid.withColumn("_rank", F.row_number().over(first_in_batch))
+    is_valid = F.col("quarantine_reason").isNull()
+    first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("event_time", "source_file", "line_number")
+    ranked = parsed.withColumn("_rank", F.row_number().over(first_in_batch))
     seen_dir = layout.feature_state / "event_ids"
     earlier = [p for p in seen_dir.glob("batch_id=*") if int(p.name.split("=")[1]) < batch_id] if seen_dir.exists() else []
     if earlier:
@@ -177,9 +173,16 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
         ranked = ranked.join(seen.withColumn("_seen", F.lit(True)), "event_id", "left")
     else:
         ranked = ranked.withColumn("_seen", F.lit(None).cast("boolean"))
-    is_duplicate = (F.col("_rank") > 1) | F.col("_seen").isNotNull()
-    accepted = ranked.filter(~is_duplicate).drop("_rank", "_seen").persist()
-    duplicates = ranked.filter(is_duplicate).count()
+    # One status per landed record; everything below is a filter on this one cached frame.
+    classified = ranked.withColumn(
+        "status",
+        F.when(~is_valid, F.lit("quarantined"))
+        .when((F.col("_rank") > 1) | F.col("_seen").isNotNull(), F.lit("duplicate"))
+        .otherwise(F.lit("accepted")),
+    ).drop("_rank", "_seen").persist()
+    accepted = classified.filter(F.col("status") == "accepted")
+    quarantined = classified.filter(F.col("status") == "quarantined").select(
+        "batch_id", "source_file", "line_number", "quarantine_reason", F.col("line").alias("raw_record"))
 
     bronze = accepted.select("event_id", "user_id", "item_id", "event_type", "value", "event_time", "context",
                              "source_file", "batch_id", F.to_date("event_time").alias("event_date"))
@@ -189,22 +192,26 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     quarantined.write.mode("overwrite").parquet(str(layout.quarantine_events / f"batch_id={batch_id}"))
     accepted.select("event_id").write.mode("overwrite").parquet(str(seen_dir / f"batch_id={batch_id}"))
 
-    reasons = {r["quarantine_reason"]: r["count"] for r in quarantined.groupBy("quarantine_reason").count().collect()}
-    time_range = accepted.agg(F.min("event_time").alias("lo"), F.max("event_time").alias("hi")).first()
+    # All the counts in one pass over the cached frame.
+    stats = classified.groupBy("status", "quarantine_reason").agg(
+        F.count("*").alias("n"), F.min("event_time").alias("lo"), F.max("event_time").alias("hi"),
+        F.collect_set("source_file").alias("files")).collect()
+    classified.unpersist()
+    count = {status: sum(r["n"] for r in stats if r["status"] == status) for status in ("accepted", "quarantined", "duplicate")}
+    reasons = {r["quarantine_reason"]: r["n"] for r in stats if r["status"] == "quarantined"}
+    accepted_stats = next((r for r in stats if r["status"] == "accepted"), None)
     manifest = {
         "batch_id": batch_id,
-        "files": files,
-        "landed": parsed.count(),
-        "accepted": accepted.count(),
-        "quarantined": sum(reasons.values()),
+        "files": sorted({f for r in stats for f in r["files"]}),
+        "landed": sum(count.values()),
+        "accepted": count["accepted"],
+        "quarantined": count["quarantined"],
         "quarantine_reasons": dict(sorted(reasons.items())),
-        "duplicates": duplicates,
-        "event_time_min": time_range["lo"].isoformat() if time_range["lo"] else None,
-        "event_time_max": time_range["hi"].isoformat() if time_range["hi"] else None,
+        "duplicates": count["duplicate"],
+        "event_time_min": accepted_stats["lo"].isoformat() if accepted_stats else None,
+        "event_time_max": accepted_stats["hi"].isoformat() if accepted_stats else None,
         "examples_path": str(layout.examples_batch(batch_id)),
     }
-    parsed.unpersist()
-    accepted.unpersist()
     atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
     return manifest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "tidal"):
@@ -10,6 +11,8 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers (if a plan needs any) must run this interpreter, not whatever `python3` is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
         SparkSession.builder.master(master)
         .appName(app_name)
