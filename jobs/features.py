@@ -54,14 +54,16 @@ def landing_lines(files_df):
         # A plain cast keeps the bytes as they are (decode() would fail the whole batch on one bad byte).
         F.col("content").cast("string").alias("text"),
     ).withColumn("file_is_utf8", F.expr("is_valid_utf8(text)"))
-    empty_files = with_text.filter(F.trim(F.coalesce(F.col("text"), F.lit(""))) == "").select(
+    # Blank means nothing but whitespace (F.trim strips spaces only, not newlines or tabs).
+    is_blank = F.regexp_replace(F.coalesce(F.col("text"), F.lit("")), r"\s+", "") == ""
+    empty_files = with_text.filter(is_blank).select(
         "source_file", F.lit(0).alias("line_number"), F.lit(None).cast("string").alias("line"),
         F.lit("empty_file").alias("file_reason"))
     lines = (
-        with_text.filter(F.trim(F.coalesce(F.col("text"), F.lit(""))) != "")
+        with_text.filter(~is_blank)
         .select("source_file", "file_is_utf8",
                 F.posexplode(F.split(F.col("text"), "\r?\n")).alias("pos", "line"))
-        .filter(F.trim(F.col("line")) != "")
+        .filter(F.regexp_replace(F.col("line"), r"\s+", "") != "")
         # split() goes through Java strings, which turn bytes that are not UTF-8 into U+FFFD: in a file that is
         # not valid UTF-8, a line holding U+FFFD is where the bad bytes were.
         .select("source_file", (F.col("pos") + 1).alias("line_number"), "line",

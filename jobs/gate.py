@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ def gate_decision(candidate: dict | None, production: dict | None, *, finite: bo
         return False, "no candidate metrics"
     if production is None:
         return True, "first model: no production to compare with"
+    if math.isnan(candidate[key]) or math.isnan(production[key]):
+        # No user of the held-out slice could be evaluated: no evidence, so fail closed. The next cycle trains on
+        # these examples again (from production), so nothing is lost.
+        return False, "no evaluable users in the held-out slice (metric is NaN); production kept"
     if candidate[key] + recall_tolerance < production[key]:
         return False, (f"candidate {key} {candidate[key]:.4f} trails production {production[key]:.4f} "
                        f"by more than {recall_tolerance}")

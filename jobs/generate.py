@@ -44,20 +44,27 @@ class SyntheticWorld:
         self.params = params
         capacity_users = params.users + params.new_users_per_file * files
         capacity_items = params.items + params.new_items_per_file * files
-        rng = np.random.default_rng(seed)
+        # Each array has its own random stream and is drawn element by element, so row i is the same whatever the
+        # capacity: a user or item keeps its tastes from one `tidal generate` call to the next.
+        def stream(k: int) -> np.random.Generator:
+            return np.random.default_rng([seed, k])
+
         n_cat = len(params.categories)
-        self.category_centres = rng.normal(size=(n_cat, params.latent_dim))  # (C, D)
-        self.item_category = rng.integers(0, n_cat, size=capacity_items)  # (I,)
-        self.item_vectors = self.category_centres[self.item_category] + 0.5 * rng.normal(size=(capacity_items, params.latent_dim))
-        self.user_vectors = rng.normal(size=(capacity_users, params.latent_dim))  # (U, D)
-        # Power-law popularity: a random rank per item, weight rank^-exponent.
-        ranks = rng.permutation(capacity_items) + 1
-        self.item_log_popularity = -params.popularity_exponent * np.log(ranks)
-        self.user_activity = rng.pareto(1.5, size=capacity_users) + 1.0
+        self.category_centres = stream(1).normal(size=(n_cat, params.latent_dim))  # (C, D)
+        self.item_category = stream(2).integers(0, n_cat, size=capacity_items)  # (I,)
+        self.item_vectors = self.category_centres[self.item_category] + 0.5 * stream(3).normal(
+            size=(capacity_items, params.latent_dim))  # (I, D)
+        self.user_vectors = stream(4).normal(size=(capacity_users, params.latent_dim))  # (U, D)
+        # Zipf-like popularity: item i behaves as rank 1 + u_i * items of the initial catalogue, weight rank^-exponent
+        # (u_i uniform), so new items are drawn from the same power law as the first ones.
+        def zipf_log_weights(rng: np.random.Generator) -> np.ndarray:
+            return -params.popularity_exponent * np.log1p(rng.random(capacity_items) * params.items)
+
+        self.item_log_popularity = zipf_log_weights(stream(5))
+        self.user_activity = stream(6).pareto(1.5, size=capacity_users) + 1.0
         # After the drift point users want other things and a different head of the catalogue is popular.
-        drift_rng = np.random.default_rng(seed + 1)
-        self.drifted_user_vectors = drift_rng.normal(size=(capacity_users, params.latent_dim))
-        self.drifted_item_log_popularity = -params.popularity_exponent * np.log(drift_rng.permutation(capacity_items) + 1)
+        self.drifted_user_vectors = stream(7).normal(size=(capacity_users, params.latent_dim))
+        self.drifted_item_log_popularity = zipf_log_weights(stream(8))
 
     def users_at(self, file_index: int) -> int:
         return self.params.users + self.params.new_users_per_file * file_index
@@ -78,7 +85,7 @@ def generate_file_events(world: SyntheticWorld, file_index: int, seed: int, even
                          event_types: tuple[str, ...]) -> list[dict]:
     """The events of one landing file, ordered by event time."""
     params = world.params
-    rng = np.random.default_rng([seed, file_index])
+    rng = np.random.default_rng([seed, 1000 + file_index])
     n_users, n_items = world.users_at(file_index), world.items_at(file_index)
     drifted = params.drift_at_file is not None and file_index >= params.drift_at_file
     user_vectors = world.drifted_user_vectors if drifted else world.user_vectors

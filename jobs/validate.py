@@ -91,11 +91,11 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
                "max_bad_row_share": threshold, "failed_expectations": report["failed_expectations"],
                "quarantine_reasons": counts["quarantine_reasons"], "data_docs": report["data_docs"]}
     write_step_summary(reports_dir, "validate", summary)
-    print(f"[validate] bad-row share {share:.2%} (limit {threshold:.0%}); Data Docs: {report['data_docs']}", flush=True)
+    print(f"[validate] bad-row share {share:.4f} (limit {threshold}); Data Docs: {report['data_docs']}", flush=True)
     if share > threshold:
         top = sorted(counts["quarantine_reasons"].items(), key=lambda kv: -kv[1])[:5]
         raise ValidationFailed(
-            f"batches {batch_ids}: {bad} of {counts['landed']} records are bad ({share:.1%} > limit {threshold:.0%}). "
+            f"batches {batch_ids}: {bad} of {counts['landed']} records are bad ({share:.1%} > limit {threshold * 100:g}%). "
             f"Top quarantine reasons: {top}; failed expectations: "
             f"{[(f['expectation'], f['column'], f['unexpected_count']) for f in report['failed_expectations']]}. "
             f"Open {report['data_docs']} and quarantine/events/ to see the rows; fix the producer, then rerun "

@@ -52,8 +52,7 @@ def evaluate_window(checkpoint: Scorer, history: pd.DataFrame, window: pd.DataFr
     - truth: the user's distinct items in `window` not in their history, including items never seen in
       `history` (unreachable, but they count in |truth|); a user with empty truth is skipped;
     - metrics: mean over users of Recall@k and binary NDCG@k.
-    Returns {"recall_at_10": float, "ndcg_at_10": float, "users": int} (keys say 10 whatever k is, as the
-    report schema fixes them; k is 10 in the protocol).
+    Returns {"recall_at_<k>": float, "ndcg_at_<k>": float, "users": int}; k is 10 in the protocol.
     """
     hist_items_by_user = history.groupby("user_id", sort=False)["item_id"].agg(set)
     win_items_by_user = window.groupby("user_id", sort=False)["item_id"].agg(set)
@@ -72,7 +71,7 @@ def evaluate_window(checkpoint: Scorer, history: pd.DataFrame, window: pd.DataFr
             users.append(user)
             truths.append(truth)
     if not users:
-        return {"recall_at_10": float("nan"), "ndcg_at_10": float("nan"), "users": 0}
+        return {f"recall_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan"), "users": 0}
 
     recalls: list[float] = []
     ndcgs: list[float] = []
@@ -92,4 +91,4 @@ def evaluate_window(checkpoint: Scorer, history: pd.DataFrame, window: pd.DataFr
             truth = truths[start + row]
             recalls.append(recall_at_k(ranked, truth, k))
             ndcgs.append(ndcg_at_k(ranked, truth, k))
-    return {"recall_at_10": float(np.mean(recalls)), "ndcg_at_10": float(np.mean(ndcgs)), "users": len(users)}
+    return {f"recall_at_{k}": float(np.mean(recalls)), f"ndcg_at_{k}": float(np.mean(ndcgs)), "users": len(users)}

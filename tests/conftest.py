@@ -35,8 +35,10 @@ SMALL_PARAMS = {
 
 def write_params(path: Path, overrides: dict | None = None) -> Path:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for section, values in {**SMALL_PARAMS, **(overrides or {})}.items():
-        params.setdefault(section, {}).update(values)
+    # Key by key, so an override of one train key keeps the other small test values.
+    for layer in (SMALL_PARAMS, overrides or {}):
+        for section, values in layer.items():
+            params.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(params))
     return path
 

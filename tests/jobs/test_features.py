@@ -128,9 +128,6 @@ def test_invalid_utf8_marks_only_the_line_with_bad_bytes(spark):
     assert [(r.line_number, r.quarantine_reason) for r in rows] == [(1, None), (2, "invalid_utf8"), (3, None)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: jobs/features.py landing_lines uses F.trim, which strips only spaces: a "
-                                       "file holding only newlines yields no row at all, so it is neither counted as "
-                                       "landed nor quarantined (silently dropped)")
 @pytest.mark.parametrize("content", [b"\n", b"\n\n  \n"], ids=["newline_only", "blank_lines_only"])
 def test_whitespace_only_file_is_quarantined_as_empty_file(spark, content):
     rows = landing_lines(files_frame(spark, {"blank": content})).collect()

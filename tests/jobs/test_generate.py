@@ -51,10 +51,6 @@ def test_same_seed_gives_same_bytes(tmp_path):
     assert other_seed[0].path.read_bytes() != first[0].path.read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: jobs/generate.py SyntheticWorld draws every array from one RNG sized by "
-                                       "the capacity of the call (first + files), so user/item vectors and popularity "
-                                       "ranks depend on how many files a call writes: file k is not a pure function "
-                                       "of (params, seed, k) and ids change meaning from one `tidal generate` to the next")
 def test_a_file_does_not_depend_on_how_many_files_the_call_wrote(tmp_path):
     at_once = generate(tmp_path / "a", files=3)
     one_by_one = [generate(tmp_path / "b", files=1)[0] for _ in range(3)]

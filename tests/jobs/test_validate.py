@@ -129,8 +129,6 @@ def test_run_validate_without_new_batches_is_skipped(tidal_env, tmp_path):
     assert json.loads((tmp_path / "reports" / "validate.json").read_text())["status"] == "skipped"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: jobs/validate.py formats the limit with '{:.0%}', so a limit of 0.015 is "
-                                       "printed as 2% and the message reads '1.6% > limit 2%', which contradicts itself")
 def test_failure_message_states_a_fractional_limit_exactly(tidal_env, tmp_path):
     settings = tidal_env({"validation": {"max_bad_row_share": 0.015}})
     write_batch(settings, 0, clean_examples(984), landed=1000, reasons={"malformed_json": 16})

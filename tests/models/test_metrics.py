@@ -65,8 +65,8 @@ def test_evaluate_window_applies_protocol_rules():
     # u1: excludes a, b -> ranks c, d -> hit c of {c, new}: recall 1/2; ndcg (1)/(1 + 1/log2 3).
     # u3: excludes a -> ranks c, d -> misses b: 0.
     assert result["users"] == 2
-    assert result["recall_at_10"] == pytest.approx((0.5 + 0.0) / 2)
-    assert result["ndcg_at_10"] == pytest.approx((1.0 / (1.0 + 1.0 / math.log2(3)) + 0.0) / 2)
+    assert result["recall_at_2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert result["ndcg_at_2"] == pytest.approx((1.0 / (1.0 + 1.0 / math.log2(3)) + 0.0) / 2)
 
 
 def test_evaluate_window_ties_keep_candidate_order_and_nan_never_ranks():
@@ -74,8 +74,8 @@ def test_evaluate_window_ties_keep_candidate_order_and_nan_never_ranks():
     window = frame([("u1", "c", 5)])
     # b and c tie; b appears first in history, so it ranks first; z is NaN and must not take the top.
     scorer = FixedScorer({"b": 1.0, "c": 1.0, "z": float("nan")})
-    assert evaluate_window(scorer, history, window, k=1)["recall_at_10"] == 0.0
-    assert evaluate_window(scorer, history, window, k=2)["recall_at_10"] == 1.0
+    assert evaluate_window(scorer, history, window, k=1)["recall_at_1"] == 0.0
+    assert evaluate_window(scorer, history, window, k=2)["recall_at_2"] == 1.0
 
 
 def test_evaluate_window_with_no_eligible_user():
