@@ -50,17 +50,17 @@ class TrainConfig:
     epochs: int = 10                   # epochs of a full retrain
     lr: float = 0.01                   # Adam learning rate of a full retrain
     batch_size: int = 1024
-    half_life_days: float = 180.0      # sample-weight decay: an event this old counts half
+    half_life_days: float = 60.0       # sample-weight decay: an event this old counts half
     replay_fraction: float = 1.0       # fine-tune: replay rows drawn per new row (0 disables replay)
-    anchor_l2: float = 1e-3            # fine-tune: L2-SP strength toward the anchor's weights
+    anchor_l2: float = 1e-4            # fine-tune: L2-SP strength toward the anchor's weights
     grad_clip: float = 5.0             # max global grad norm per step
     seed: int = 0
-    negatives: int = 1024              # uniform negatives per batch, shared by its rows (sampled softmax)
+    negatives: int = 256               # uniform negatives per batch, shared by its rows (sampled softmax)
     l2: float = 1e-5                   # L2 on the embedding rows a batch touches
     init_std: float = 0.05             # std of new embedding rows
-    finetune_epochs: int | None = 3    # fine-tune epochs (None: `epochs`)
+    finetune_epochs: int | None = 5    # fine-tune epochs (None: `epochs`)
     finetune_lr: float | None = None   # fine-tune learning rate (None: `lr`)
-    pop_half_life_days: float = 180.0  # half-life of the popularity prior's decayed counts
+    pop_half_life_days: float = 60.0   # half-life of the popularity prior's decayed counts
     pop_weight: float = 1.0            # weight of the z-scored popularity prior in `score` (0 disables)
     max_categories: int = 16           # categories kept per item (the first ones listed)
 
@@ -302,25 +302,36 @@ def _grow(old: torch.Tensor, rows: int, init: torch.Tensor | None = None) -> tor
 
 def _merge_catalog(prev: Checkpoint | None, items: pd.DataFrame | None, categories: list[str],
                    width: int) -> tuple[list[str], torch.Tensor]:
-    """Catalog ids and their (N, width) category rows: the previous catalog updated by `items`."""
+    """Catalog ids and their (N, width) category rows: the previous catalog updated by `items`.
+
+    Category ids are stable across checkpoints (categories are only ever appended), so previous rows are
+    reused as they are."""
+    ids = list(prev.catalog_ids) if prev is not None else []
+    mat = prev.catalog_categories.numpy() if prev is not None else np.zeros((0, width), dtype=np.int64)
+    if items is None or len(items) == 0:
+        return ids, torch.from_numpy(mat.copy())
     cat_index = {c: j + 1 for j, c in enumerate(categories)}
-    rows: dict[str, list[int]] = {}
-    if prev is not None:
-        for item, row in zip(prev.catalog_ids, prev.catalog_categories.tolist()):
-            rows[item] = [prev_id for prev_id in row if prev_id > 0]
-            # Category ids are stable across checkpoints: categories only ever get appended.
-    if items is not None and len(items):
-        cats = items["categories"] if "categories" in items.columns else pd.Series("", index=items.index)
-        for item, joined in zip(items["item_id"].astype(str), cats.fillna("").astype(str)):
-            names = [c for c in joined.split("|") if c][:width]
-            rows[item] = [cat_index[c] for c in names]
-    ids = list(rows)
-    mat = torch.zeros(len(ids), width, dtype=torch.long)
-    for r, item in enumerate(ids):
-        ids_row = rows[item][:width]
-        if ids_row:
-            mat[r, :len(ids_row)] = torch.tensor(ids_row, dtype=torch.long)
-    return ids, mat
+    cats = items["categories"] if "categories" in items.columns else pd.Series("", index=items.index)
+    # Parse each distinct category string once (catalogs repeat a few hundred combinations).
+    codes, uniques = pd.factorize(cats.fillna("").astype(str))
+    parsed = np.zeros((len(uniques), width), dtype=np.int64)
+    for r, joined in enumerate(uniques):
+        row = [cat_index[c] for c in joined.split("|") if c][:width]
+        parsed[r, : len(row)] = row
+    new_rows = parsed[codes]                                                 # (len(items), width)
+    item_ids = items["item_id"].astype(str).to_numpy()
+    # Later rows win: an item listed twice keeps its last metadata.
+    position = {item: j for j, item in enumerate(ids)}
+    target = np.empty(len(item_ids), dtype=np.int64)
+    for r, item in enumerate(item_ids):
+        if item not in position:
+            position[item] = len(ids)
+            ids.append(item)
+        target[r] = position[item]
+    merged = np.zeros((len(ids), width), dtype=np.int64)
+    merged[: len(mat)] = mat
+    merged[target] = new_rows
+    return ids, torch.from_numpy(merged)
 
 
 def _extend_vocab(vocab: list[str], index: dict[str, int], values: np.ndarray) -> None:
@@ -430,16 +441,17 @@ def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint
             group["lr"] = lr  # the saved state carries the previous run's lr
 
     # ----- anchor rows (L2-SP): map the anchor's ids onto this vocabulary -----
+    # Item biases are not anchored: they carry "what is popular now", which must follow the stream; pinning
+    # them to the anchor's moment is what makes a stale model stale.
     anchor_terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     if anchor is not None and cfg.anchor_l2 > 0:
-        for name, own, theirs in (("user", uidx, anchor._user_ids), ("item", iidx, anchor._item_ids),
-                                  ("item_bias", iidx, anchor._item_ids)):
+        for name, own, theirs in (("user", uidx, anchor._user_ids), ("item", iidx, anchor._item_ids)):
             pairs = [(own[x], j) for j, x in enumerate(theirs) if x in own]
             if pairs:
                 mine, src = map(torch.tensor, zip(*pairs))
                 anchor_terms.append((getattr(net, name), mine, anchor.weights[name][src].clone()))
         shared = min(n_c, anchor.weights["category"].shape[0])
-        for name in ("category", "category_bias"):
+        for name in ("category",):
             rows = torch.arange(shared)
             anchor_terms.append((getattr(net, name), rows, anchor.weights[name][:shared].clone()))
 
