@@ -56,6 +56,14 @@ class AirflowClient:
                              f".stack/secrets.env (TIDAL_AIRFLOW_USER / TIDAL_AIRFLOW_PASSWORD).") from None
         self.token = reply["access_token"]
 
+    def anonymous_status(self) -> int:
+        """HTTP status of an unauthenticated API call: the UI and API must demand a login (401/403)."""
+        try:
+            self._request("GET", f"/api/v2/dags/{DAG_ID}", auth=False)
+            return 200
+        except urllib.error.HTTPError as err:
+            return err.code
+
     def wait_for_dag(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -128,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     layout = StorageLayout(settings.home).ensure()
     client = AirflowClient(os.environ["TIDAL_AIRFLOW_URL"], os.environ["TIDAL_AIRFLOW_USER"],
                            os.environ["TIDAL_AIRFLOW_PASSWORD"])
+    anonymous = client.anonymous_status()
+    if anonymous not in (401, 403):
+        raise SystemExit(f"Airflow answered an anonymous API call with {anonymous}: the UI must require a login; "
+                         f"check AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_* in .stack/stack.env")
+    print(f"[demo] Airflow refuses anonymous calls ({anonymous}); logging in as {client.username}", flush=True)
     print(f"[demo] waiting for Airflow to parse {DAG_ID} ...", flush=True)
     client.wait_for_dag(timeout_s=180)
     client.unpause()
