@@ -102,6 +102,16 @@ def wait_until_idle(client: AirflowClient, timeout_s: float) -> None:
         time.sleep(3)
 
 
+def wait_for_new_run(client: AirflowClient, seen: set[str], timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fresh = [r["dag_run_id"] for r in client.runs() if r["dag_run_id"] not in seen]
+        if fresh:
+            return fresh[0]
+        time.sleep(2)
+    return None
+
+
 def wait_for_run(client: AirflowClient, run_id: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
@@ -142,21 +152,33 @@ def main(argv: list[str] | None = None) -> int:
                          f"check AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_* in .stack/stack.env")
     print(f"[demo] Airflow refuses anonymous calls ({anonymous}); logging in as {client.username}", flush=True)
     print(f"[demo] waiting for Airflow to parse {DAG_ID} ...", flush=True)
-    client.wait_for_dag(timeout_s=180)
-    client.unpause()
-    print(f"[demo] {DAG_ID} unpaused; it also runs every {settings.params.schedule.incremental_every_minutes} min", flush=True)
-
+    was_paused = client.wait_for_dag(timeout_s=180)["is_paused"]
+    wait_until_idle(client, args.run_timeout_s)
     seen = {r["dag_run_id"] for r in client.runs()}
     cycles: list[dict[str, Any]] = []
     files = args.first_files
+    unpaused = not was_paused
+    if unpaused:
+        print(f"[demo] {DAG_ID} is already unpaused (a second demo run): triggering each cycle", flush=True)
     while len(cycles) < args.cycles:
         wait_until_idle(client, args.run_timeout_s)
         written = generate_stream(layout, settings.params.generate, seed=settings.params.base.seed, files=files,
                                   event_types=settings.params.base.event_types, bad_fraction=args.bad_fraction)
         print(f"[demo] fed {sum(f.events for f in written)} events in {len(written)} file(s)", flush=True)
         files = args.files_per_cycle
-        run_id = client.trigger(note=f"tidal demo cycle {len(cycles) + 1}")
-        print(f"[demo] triggered {run_id}", flush=True)
+        run_id = None
+        if not unpaused:
+            # Unpausing makes the scheduler start a run at once (no catchup): that run is the first cycle.
+            client.unpause()
+            unpaused = True
+            print(f"[demo] {DAG_ID} unpaused; it also runs every "
+                  f"{settings.params.schedule.incremental_every_minutes} min", flush=True)
+            run_id = wait_for_new_run(client, seen, timeout_s=30)
+        if run_id is None:
+            run_id = client.trigger(note=f"tidal demo cycle {len(cycles) + 1}")
+            print(f"[demo] triggered {run_id}", flush=True)
+        else:
+            print(f"[demo] the scheduler started {run_id}", flush=True)
         wait_for_run(client, run_id, args.run_timeout_s)
         # Every run that finished since the demo began and read new events is a cycle (ours or the scheduler's).
         for run in sorted(client.runs(), key=lambda r: r["run_after"]):
