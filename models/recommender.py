@@ -22,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import tempfile
@@ -522,8 +523,9 @@ def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint
 
     weights_out = {name: getattr(net, name).detach().clone() for name in _PARAM_NAMES}
     checkpoint = Checkpoint(
-        config=asdict(cfg), user_ids=user_ids, item_ids=item_ids, categories=categories,
-        catalog_ids=catalog_ids, catalog_categories=catalog_cats, weights=weights_out,
+        config=asdict(dataclasses.replace(cfg, dim=dim, max_categories=width)), user_ids=user_ids,
+        item_ids=item_ids, categories=categories, catalog_ids=catalog_ids, catalog_categories=catalog_cats,
+        weights=weights_out,
         optimizer=copy.deepcopy(optimizer.state_dict()), popularity=pop.float(), trained_until=t_ref,
         lineage={"mode": "finetune" if finetune else "retrain", "examples": n_ex, "new_examples": len(new)})
     finite = finite and checkpoint.weights_finite() and all(math.isfinite(x) for x in losses)

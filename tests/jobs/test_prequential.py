@@ -46,7 +46,8 @@ def test_end_to_end_on_generic_schema_with_iso_timestamps(tmp_path, monkeypatch)
         assert 0 < row["recall_at_10"] <= 1 and 0 < row["ndcg_at_10"] <= 1, name
         assert row["train_cpu_s"] >= 0 and row["train_wall_s"] >= 0
         assert {"recall_at_10", "ndcg_at_10", "users"} <= set(row["per_window"][0])
-    assert report["strategies"]["retrain_every_window"]["train_cpu_s"] > report["strategies"]["incremental"]["train_cpu_s"]
+    cpu = {name: row["train_cpu_s"] for name, row in report["strategies"].items()}
+    assert cpu["retrain_every_window"] > cpu["incremental"]
     md = (out / "prequential.md").read_text()
     assert all(f"| {name} |" in md for name in STRATEGIES)
     assert (out / "prequential.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
