@@ -1,6 +1,7 @@
 """tidal_incremental: every few minutes, turn the new landing files into a fresher production model.
 
 features -> validate -> drift -> finetune -> gate -> promote -> version
+                            drift -> drift_response -> trigger_incremental_now (mild) | trigger_full_retrain (severe)
 
 Wiring only: each task imports its job inside the task and calls the same function `tidal cycle` calls. XCom
 carries the small step summaries (batch ids, counts, metrics), never data. Every step is keyed on the run id or
@@ -13,6 +14,7 @@ import os
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, get_current_context, task
 
 # The schedule is read from the environment (no params.yaml parsing at DAG-parse time); default 5 minutes.
@@ -68,6 +70,21 @@ def tidal_incremental():
         settings, run_id, reports = _settings_and_reports()
         return run_drift(settings, run_id, features_summary["batch_ids"], reports)
 
+    # The graded drift response (jobs.drift decides the level; this only routes it): none -> nothing; mild -> the
+    # next incremental run is queued now instead of at the next tick (max_active_runs=1 starts it when this one
+    # ends), and fine-tune trains harder until a run sees no drift; severe -> a full retrain.
+    @task.branch
+    def drift_response(drift_summary: dict) -> list[str]:
+        return {"mild": ["trigger_incremental_now"], "severe": ["trigger_full_retrain"]}.get(
+            drift_summary.get("response", "none"), [])
+
+    trigger_incremental_now = TriggerDagRunOperator(
+        task_id="trigger_incremental_now", trigger_dag_id="tidal_incremental", wait_for_completion=False,
+        conf={"reason": "mild drift seen by run {{ run_id }}"})
+    trigger_full_retrain = TriggerDagRunOperator(
+        task_id="trigger_full_retrain", trigger_dag_id="tidal_full_retrain", wait_for_completion=False,
+        conf={"reason": "severe drift seen by tidal_incremental run {{ run_id }}"})
+
     @task
     def finetune() -> dict:
         from jobs.finetune import run_finetune
@@ -103,6 +120,7 @@ def tidal_incremental():
     gate_summary = gate()
     promoted = promote(gate_summary)
     validated >> drift_summary >> trained >> gate_summary
+    drift_response(drift_summary) >> [trigger_incremental_now, trigger_full_retrain]
     promoted >> version()
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,11 @@ def classify_events(lines_df, rules: EventRules):
     return df.withColumn("quarantine_reason", reason).drop("_v", *[c for c in df.columns if c.startswith("_t_")])
 
 
-def training_examples(accepted_df, event_type_weights: dict[str, float]):
-    """Accepted events -> one training example per event with its numeric features (the drift test reads these)."""
+def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
+    """Accepted events -> one training example per event with its numeric features (the drift test reads these).
+
+    The per-batch counts are over the whole input frame, or per value of `window_keys` (to compute many windows in
+    one pass, e.g. one per landing file)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -142,15 +146,14 @@ def training_examples(accepted_df, event_type_weights: dict[str, float]):
         F.col("event_time").cast("double").alias("timestamp"),
         F.coalesce(weight_map[F.col("event_type")], F.lit(1.0)).alias("event_weight"),
         F.hour("event_time").alias("hour_of_day"),
-        F.count("*").over(Window.partitionBy("user_id")).alias("user_batch_events"),
-        F.count("*").over(Window.partitionBy("item_id")).alias("item_batch_events"),
+        F.count("*").over(Window.partitionBy(*window_keys, "user_id")).alias("user_batch_events"),
+        F.count("*").over(Window.partitionBy(*window_keys, "item_id")).alias("item_batch_events"),
     )
 
 
 def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, settings: Settings,
                         now_epoch_s: float) -> dict[str, Any]:
     """Everything one micro-batch does. Idempotent per batch id; the manifest is written last."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     params = settings.params
@@ -164,44 +167,46 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
             "source_file string, line_number int, line string, file_reason string"))
     parsed = classify_events(lines, rules).withColumn("batch_id", F.lit(batch_id))
 
-    # Duplicates: the same event_id earlier in this batch (stable order), or in any earlier batch.
-    is_valid = F.col("quarantine_reason").isNull()
-    first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("event_time", "source_file", "line_number")
-    ranked = parsed.withColumn("_rank", F.row_number().over(first_in_batch))
+    # Late events and duplicates, against the bounded state the previous batch left (see dedupe_with_watermark).
+    previous = latest_manifest_before(layout, batch_id)
+    max_seen = datetime.fromisoformat(previous["max_event_time"]) if previous and previous.get("max_event_time") else None
+    lateness = params.features.allowed_lateness_s
+    watermark = max_seen - timedelta(seconds=lateness) if max_seen else None
     seen_dir = layout.feature_state / "event_ids"
-    earlier = [p for p in seen_dir.glob("batch_id=*") if int(p.name.split("=")[1]) < batch_id] if seen_dir.exists() else []
-    if earlier:
-        seen = spark.read.parquet(*[str(p) for p in earlier]).select("event_id").distinct()
-        ranked = ranked.join(seen.withColumn("_seen", F.lit(True)), "event_id", "left")
-    else:
-        ranked = ranked.withColumn("_seen", F.lit(None).cast("boolean"))
+    snapshot = latest_snapshot_before(seen_dir, batch_id)
+    seen = (spark.read.parquet(str(snapshot)) if snapshot else
+            spark.createDataFrame([], "event_id string, event_time timestamp"))
     # One status per landed record; everything below is a filter on this one cached frame.
-    classified = ranked.withColumn(
-        "status",
-        F.when(~is_valid, F.lit("quarantined"))
-        .when((F.col("_rank") > 1) | F.col("_seen").isNotNull(), F.lit("duplicate"))
-        .otherwise(F.lit("accepted")),
-    ).drop("_rank", "_seen").persist()
+    classified = dedupe_with_watermark(parsed, seen, watermark).persist()
+
+    # All the counts in one pass over the cached frame.
+    stats = classified.groupBy("status", "quarantine_reason").agg(
+        F.count("*").alias("n"), F.min("event_time").alias("lo"), F.max("event_time").alias("hi"),
+        F.max(F.col("event_time").cast("double")).alias("hi_s"), F.collect_set("source_file").alias("files")).collect()
+    accepted_stats = next((r for r in stats if r["status"] == "accepted"), None)
+    # Epoch seconds, not the collected datetime: that one is naive, in the Python process's local zone.
+    batch_max = datetime.fromtimestamp(accepted_stats["hi_s"], tz=timezone.utc) if accepted_stats else None
+    new_max = max([t for t in (max_seen, batch_max) if t is not None], default=None)
+    new_watermark = new_max - timedelta(seconds=lateness) if new_max else None
+
     accepted = classified.filter(F.col("status") == "accepted")
     quarantined = classified.filter(F.col("status") == "quarantined").select(
         "batch_id", "source_file", "line_number", "quarantine_reason", F.col("line").alias("raw_record"))
-
     bronze = accepted.select("event_id", "user_id", "item_id", "event_type", "value", "event_time", "context",
                              "source_file", "batch_id", F.to_date("event_time").alias("event_date"))
     bronze.write.mode("overwrite").partitionBy("event_date", "batch_id").parquet(str(layout.bronze_events))
     training_examples(accepted, params.features.event_type_weights).write.mode("overwrite").parquet(
         str(layout.examples_batch(batch_id)))
     quarantined.write.mode("overwrite").parquet(str(layout.quarantine_events / f"batch_id={batch_id}"))
-    accepted.select("event_id").write.mode("overwrite").parquet(str(seen_dir / f"batch_id={batch_id}"))
-
-    # All the counts in one pass over the cached frame.
-    stats = classified.groupBy("status", "quarantine_reason").agg(
-        F.count("*").alias("n"), F.min("event_time").alias("lo"), F.max("event_time").alias("hi"),
-        F.collect_set("source_file").alias("files")).collect()
+    # The next batch's dedupe state: the ids still above the new watermark, so the state stays bounded by the
+    # allowed lateness rather than growing with history.
+    state = seen.unionByName(accepted.select("event_id", "event_time"))
+    if new_watermark is not None:
+        state = state.filter(F.col("event_time") >= F.lit(new_watermark.timestamp()).cast("timestamp"))
+    state.write.mode("overwrite").parquet(str(seen_dir / f"batch_id={batch_id}"))
     classified.unpersist()
     count = {status: sum(r["n"] for r in stats if r["status"] == status) for status in ("accepted", "quarantined", "duplicate")}
     reasons = {r["quarantine_reason"]: r["n"] for r in stats if r["status"] == "quarantined"}
-    accepted_stats = next((r for r in stats if r["status"] == "accepted"), None)
     manifest = {
         "batch_id": batch_id,
         "files": sorted({f for r in stats for f in r["files"]}),
@@ -213,9 +218,59 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
         "event_time_min": accepted_stats["lo"].isoformat() if accepted_stats else None,
         "event_time_max": accepted_stats["hi"].isoformat() if accepted_stats else None,
         "examples_path": str(layout.examples_batch(batch_id)),
+        "max_event_time": new_max.isoformat() if new_max else None,
+        "watermark": watermark.isoformat() if watermark else None,
     }
     atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
+    # A replay of this batch reads the snapshot before it, so only snapshots older than that one can go.
+    for old_snapshot in seen_dir.glob("batch_id=*"):
+        if int(old_snapshot.name.split("=")[1]) < batch_id - 1:
+            shutil.rmtree(old_snapshot, ignore_errors=True)
     return manifest
+
+
+def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
+    """Classified records + the dedupe state (event_id, event_time of accepted events still above the watermark) ->
+    the same records with `status` in accepted | duplicate | quarantined.
+
+    - A valid event older than the watermark (the newest event time seen in earlier batches minus
+      `features.allowed_lateness_s`) is quarantined as "late": the state no longer holds ids that old, so it could
+      not be told from a duplicate, and dropping it silently is not allowed.
+    - A late event inside the allowed lateness is accepted like any other.
+    - A duplicate is the same event_id earlier in this batch (stable order: event time, file, line) or in the state.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = parsed_df
+    if watermark is not None:
+        is_late = (F.col("quarantine_reason").isNull()
+                   & (F.col("event_time") < F.lit(watermark.timestamp()).cast("timestamp")))
+        df = df.withColumn("quarantine_reason", F.when(is_late, F.lit("late")).otherwise(F.col("quarantine_reason")))
+    is_valid = F.col("quarantine_reason").isNull()
+    first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("event_time", "source_file", "line_number")
+    ranked = df.withColumn("_rank", F.row_number().over(first_in_batch))
+    seen = seen_df.select("event_id").distinct().withColumn("_seen", F.lit(True))
+    ranked = ranked.join(seen, "event_id", "left")
+    return ranked.withColumn(
+        "status",
+        F.when(~is_valid, F.lit("quarantined"))
+        .when((F.col("_rank") > 1) | F.col("_seen").isNotNull(), F.lit("duplicate"))
+        .otherwise(F.lit("accepted")),
+    ).drop("_rank", "_seen")
+
+
+def latest_snapshot_before(seen_dir: Path, batch_id: int) -> Path | None:
+    """The dedupe state the latest complete earlier batch left (each batch writes a full snapshot)."""
+    done = [p for p in seen_dir.glob("batch_id=*")
+            if int(p.name.split("=")[1]) < batch_id and (p / "_SUCCESS").exists()] if seen_dir.exists() else []
+    return max(done, key=lambda p: int(p.name.split("=")[1])) if done else None
+
+
+def latest_manifest_before(layout: StorageLayout, batch_id: int) -> dict | None:
+    folder = layout.feature_state / "batches"
+    earlier = sorted(int(p.stem) for p in folder.glob("*.json") if int(p.stem) < batch_id) if folder.exists() else []
+    return read_json(batch_manifest_path(layout, earlier[-1])) if earlier else None
 
 
 def claim_zero_byte_files(layout: StorageLayout, batch_id: int) -> list[str]:
@@ -237,6 +292,20 @@ def claim_zero_byte_files(layout: StorageLayout, batch_id: int) -> list[str]:
                                   {"path": uri, "batch_id": batch_id})
             mine.append(uri)
     return mine
+
+
+def batch_clock(layout: StorageLayout, batch_id: int, now_epoch_s: float) -> float:
+    """The "now" a micro-batch judges future timestamps by, fixed at its first attempt.
+
+    A batch replayed after a crash must classify every record exactly as the first attempt did, or an event near
+    the skew limit could be quarantined once and accepted on replay; so the first attempt records its clock under
+    features/state/clock/ and every replay reads it back.
+    """
+    path = layout.feature_state / "clock" / f"{batch_id:08d}.json"
+    if path.exists():
+        return float(read_json(path)["now_epoch_s"])
+    atomic_write_json(path, {"batch_id": batch_id, "now_epoch_s": now_epoch_s})
+    return now_epoch_s
 
 
 def batch_manifest_path(layout: StorageLayout, batch_id: int) -> Path:
@@ -288,7 +357,7 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
     batch_ids: list[int] = []
 
     def on_batch(files_df, batch_id: int) -> None:
-        manifest = process_micro_batch(spark, files_df, batch_id, layout, settings, now)
+        manifest = process_micro_batch(spark, files_df, batch_id, layout, settings, batch_clock(layout, batch_id, now))
         batch_ids.append(batch_id)
         print(f"[features] batch {batch_id}: {manifest['landed']} landed, {manifest['accepted']} accepted, "
               f"{manifest['quarantined']} quarantined, {manifest['duplicates']} duplicates", flush=True)

@@ -51,6 +51,20 @@ def split_holdout(examples: pd.DataFrame, holdout_fraction: float) -> tuple[pd.D
     return examples.iloc[:cut].reset_index(drop=True), examples.iloc[cut:].reset_index(drop=True)
 
 
+def boosted_for_drift(cfg, layout: StorageLayout, drift_params) -> tuple[Any, bool]:
+    """While mild drift lasts (jobs.drift's state file), fine-tune harder: more epochs and/or a larger lr."""
+    from dataclasses import replace
+
+    from jobs.drift import read_drift_state
+
+    if not read_drift_state(layout)["boost"]:
+        return cfg, False
+    lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
+    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else cfg.epochs
+    return replace(cfg, finetune_epochs=max(1, round(epochs * drift_params.boost_epochs_factor)),
+                   finetune_lr=lr * drift_params.boost_lr_factor), True
+
+
 def drift_reference_sample(examples: pd.DataFrame, features: tuple[str, ...], max_rows: int, seed: int) -> pd.DataFrame:
     present = [f for f in features if f in examples.columns]
     sample = examples[present]
@@ -81,6 +95,8 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
     train_part, holdout = split_holdout(new, params.gate.holdout_fraction)
     training = pd.concat([pending, train_part], ignore_index=True)
     init_from = Checkpoint.load(production.model_path) if production else None
+    if production:
+        cfg, summary["drift_boost"] = boosted_for_drift(cfg, layout, params.drift)
     anchor = None
     if production:
         anchor_version = production.metadata["anchor"]
@@ -102,7 +118,7 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
     if production:
         shutil.copyfile(production.path / REFERENCE_FILE, candidate_dir / REFERENCE_FILE)
     else:
-        drift_reference_sample(training, params.drift.features, params.drift.reference_max_rows,
+        drift_reference_sample(training, params.drift.reference_columns, params.drift.reference_max_rows,
                                params.base.seed).to_parquet(candidate_dir / REFERENCE_FILE, index=False)
     times = pd.to_datetime(new["timestamp"], unit="s", utc=True)
     metadata = {

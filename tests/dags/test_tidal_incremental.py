@@ -14,7 +14,10 @@ from tests.conftest import REPO_ROOT
 EXPECTED_EDGES = {
     "features": {"validate", "drift"},
     "validate": {"drift"},
-    "drift": {"finetune"},
+    "drift": {"finetune", "drift_response"},
+    "drift_response": {"trigger_incremental_now", "trigger_full_retrain"},
+    "trigger_incremental_now": set(),
+    "trigger_full_retrain": set(),
     "finetune": {"gate"},
     "gate": {"promote"},
     "promote": {"version"},

@@ -178,6 +178,9 @@ FIRST_FILE_BAD = {
     "missing_event_id": json.dumps(event(event_id=None)),
 }
 SECOND_FILE_GOOD = [event(event_id=f"b{n}", user_id=f"u{n}", item_id="i9", event_time=day(2, 20)) for n in range(3)]
+# The first run's newest event is day(2, 5); with the default 2-day allowed lateness the watermark is 10-31T05:00.
+LATE_WITHIN = event(event_id="late-ok", user_id="u8", item_id="i8", event_time="2026-11-01T00:00:00Z")
+LATE_BEYOND = event(event_id="late-out", user_id="u8", item_id="i8", event_time="2026-10-30T00:00:00Z")
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
@@ -209,7 +212,8 @@ def feature_runs(spark, tmp_path_factory):
         first = run_features(settings, reports_dir=tmp / "reports1", now_epoch_s=NOW)
 
         duplicate_across_runs = json.dumps(event(event_id="a1", event_time=day(2, 23)))
-        write_lines(landing / "events-000003.jsonl", [json.dumps(e) for e in SECOND_FILE_GOOD] + [duplicate_across_runs])
+        write_lines(landing / "events-000003.jsonl", [json.dumps(e) for e in SECOND_FILE_GOOD] + [duplicate_across_runs]
+                    + [json.dumps(LATE_WITHIN), json.dumps(LATE_BEYOND)])
         second = run_features(settings, reports_dir=tmp / "reports2", now_epoch_s=NOW)
         third = run_features(settings, now_epoch_s=NOW)
         (landing / "events-000004.jsonl").write_bytes(b"")
@@ -247,12 +251,33 @@ def test_second_run_reads_only_the_new_file(feature_runs):
     second = feature_runs["second"]
     assert second["batch_ids"] == [1]
     assert second["files"] == 1
-    assert (second["landed"], second["accepted"], second["quarantined"], second["duplicates"]) == (4, 3, 0, 1)
-    assert second["quarantine_reasons"] == {}
-    examples = pd.read_parquet(feature_runs["layout"].examples_batch(1))
-    assert sorted(examples["event_id"]) == ["b0", "b1", "b2"]
-    assert examples["item_batch_events"].tolist() == [3, 3, 3]  # counts are per batch, not over history
-    assert examples["user_batch_events"].tolist() == [1, 1, 1]
+    assert (second["landed"], second["accepted"], second["quarantined"], second["duplicates"]) == (6, 4, 1, 1)
+    assert second["quarantine_reasons"] == {"late": 1}
+    examples = pd.read_parquet(feature_runs["layout"].examples_batch(1)).set_index("event_id")
+    assert sorted(examples.index) == ["b0", "b1", "b2", "late-ok"]  # late but inside the allowed lateness
+    # counts are per batch, not over history
+    assert examples["item_batch_events"].to_dict() == {"b0": 3, "b1": 3, "b2": 3, "late-ok": 1}
+    assert examples["user_batch_events"].to_dict() == {"b0": 1, "b1": 1, "b2": 1, "late-ok": 1}
+
+
+def test_event_beyond_the_allowed_lateness_is_quarantined_as_late_not_dropped(feature_runs):
+    layout = feature_runs["layout"]
+    quarantine = pd.read_parquet(layout.quarantine_events / "batch_id=1")
+    assert quarantine[["quarantine_reason", "line_number"]].values.tolist() == [["late", 6]]
+    assert json.loads(quarantine["raw_record"].iloc[0])["event_id"] == "late-out"
+    manifest = json.loads((layout.feature_state / "batches" / "00000001.json").read_text())
+    assert manifest["watermark"] == "2026-10-31T05:00:00+00:00"
+    assert manifest["max_event_time"] == "2026-11-02T20:00:00+00:00"
+
+
+def test_dedupe_state_is_bounded_by_the_watermark(feature_runs):
+    """Each batch keeps one snapshot of the ids still above its watermark; older snapshots are removed."""
+    state = feature_runs["layout"].feature_state / "event_ids"
+    snapshots = sorted(p.name for p in state.glob("batch_id=*"))
+    assert snapshots == ["batch_id=1", "batch_id=2"]  # batch 0's snapshot went once batch 2 was done
+    ids = pd.read_parquet(state / "batch_id=1")
+    # watermark after batch 1: 2026-11-02T20:00 - 2 days = 10-31T20:00, so every accepted id so far is still kept
+    assert sorted(ids["event_id"]) == sorted([e["event_id"] for e in FIRST_FILE_GOOD] + ["c1", "b0", "b1", "b2", "late-ok"])
 
 
 def test_run_with_no_new_files_makes_no_batch(feature_runs):
@@ -281,7 +306,7 @@ def test_quarantine_holds_raw_record_reason_and_source(feature_runs):
     assert by_reason.loc["empty_file", "source_file"].endswith("/events-000001.jsonl")
     assert pd.isna(by_reason.loc["empty_file", "raw_record"])
     assert by_reason.loc["invalid_utf8", "source_file"].endswith("/events-000002.jsonl")
-    assert len(pd.read_parquet(layout.quarantine_events / "batch_id=1")) == 0
+    assert pd.read_parquet(layout.quarantine_events / "batch_id=1")["quarantine_reason"].tolist() == ["late"]
 
 
 def test_bronze_is_partitioned_by_event_date(feature_runs):
@@ -289,8 +314,34 @@ def test_bronze_is_partitioned_by_event_date(feature_runs):
     assert sorted(p.name for p in bronze.glob("event_date=*")) == ["event_date=2026-11-01", "event_date=2026-11-02"]
     assert sorted(p.name for p in (bronze / "event_date=2026-11-02").glob("batch_id=*")) == ["batch_id=0", "batch_id=1"]
     table = pd.read_parquet(bronze)
-    assert len(table) == 10  # 7 accepted in the first run + 3 in the second
+    assert len(table) == 11  # 7 accepted in the first run + 4 in the second
     table["event_date"] = table["event_date"].astype(str)
     assert table.set_index("event_id").loc["b0", "event_date"] == "2026-11-02"
     assert table.set_index("event_id").loc["a0", "event_date"] == "2026-11-01"
     assert table["event_id"].is_unique
+
+
+def test_dedupe_with_watermark_statuses(spark):
+    """Pure transform: late beyond the watermark -> quarantined "late"; within it -> accepted; seen id -> duplicate."""
+    from jobs.features import dedupe_with_watermark
+
+    parsed = spark.createDataFrame([
+        ("new", "2026-11-02 00:00:00", None, "f", 1), ("seen", "2026-11-02 00:00:00", None, "f", 2),
+        ("old", "2026-10-01 00:00:00", None, "f", 3), ("new", "2026-11-02 00:00:00", None, "f", 4),
+        ("bad", "2026-10-01 00:00:00", "missing_user_id", "f", 5), ("edge", "2026-11-01 00:00:00", None, "f", 6),
+    ], "event_id string, event_time string, quarantine_reason string, source_file string, line_number int") \
+        .withColumn("event_time", F_to_ts("event_time"))
+    seen = spark.createDataFrame([("seen", datetime(2026, 11, 2))], "event_id string, event_time timestamp")
+    watermark = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    rows = dedupe_with_watermark(parsed, seen, watermark).orderBy("line_number").collect()
+    assert [(r.event_id, r.status, r.quarantine_reason) for r in rows] == [
+        ("new", "accepted", None), ("seen", "duplicate", None), ("old", "quarantined", "late"),
+        ("new", "duplicate", None), ("bad", "quarantined", "missing_user_id"), ("edge", "accepted", None)]
+    no_watermark = dedupe_with_watermark(parsed, seen, None).orderBy("line_number").collect()
+    assert [r.status for r in no_watermark][2] == "accepted"
+
+
+def F_to_ts(name):
+    from pyspark.sql import functions as F
+
+    return F.to_timestamp(F.col(name))
