@@ -1,6 +1,8 @@
 """promote: move the production alias to a run's candidate if its gate passed; otherwise record the rejection.
 
 Idempotent per run id: a retried task finds the version it already made and leaves the alias where it is.
+An incremental candidate is promoted only if production is still its parent: when a full retrain or a rollback
+moved the alias while it trained, it is rejected as stale, and the next cycle fine-tunes from the new production.
 Run: `tidal promote --run-id RUN`.
 """
 
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tidal.config import Settings, load_settings
-from tidal.registry import Registry
+from tidal.registry import Registry, StaleCandidate
 from tidal.storage import StorageLayout, read_json, write_step_summary
 
 
@@ -24,9 +26,16 @@ def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], r
         registry.record_rejection(run_id, reason=gate_summary["reason"], details=gate_summary)
         summary = {"run_id": run_id, "promoted": False, "reason": gate_summary["reason"]}
     else:
-        version = registry.promote_candidate(run_id, reason=gate_summary["reason"])
-        summary = {"run_id": run_id, "promoted": True, "version": version.version, "kind": version.metadata["kind"],
-                   "reason": gate_summary["reason"]}
+        candidate = registry.candidate_metadata(run_id) or {}
+        expect = {"expect_production": candidate.get("parent")} if candidate.get("kind") == "incremental" else {}
+        try:
+            version = registry.promote_candidate(run_id, reason=gate_summary["reason"], **expect)
+        except StaleCandidate as stale:
+            registry.record_rejection(run_id, reason=str(stale), details=gate_summary)
+            summary = {"run_id": run_id, "promoted": False, "stale": True, "reason": str(stale)}
+        else:
+            summary = {"run_id": run_id, "promoted": True, "version": version.version,
+                       "kind": version.metadata["kind"], "reason": gate_summary["reason"]}
     production = registry.production()
     summary["production_version"] = production.version if production else None
     print(f"[promote] {'promoted ' + summary['version'] if summary['promoted'] else 'not promoted'}; "

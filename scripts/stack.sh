@@ -136,7 +136,10 @@ start_airflow() {
   PATH="$venv_bin:$PATH" setsid nohup "$venv_bin/airflow" standalone >"$stack_dir/logs/airflow.log" 2>&1 </dev/null &
   echo $! >"$stack_dir/pids/airflow.pid"
   log "airflow standalone starting (pid $!), UI on $AIRFLOW__API__BASE_URL"
-  wait_for airflow "$AIRFLOW__API__BASE_URL/api/v2/monitor/health" 240
+  wait_for airflow "$AIRFLOW__API__BASE_URL/api/v2/monitor/health" 240 || return 1
+  # One slot: the model-changing tasks of tidal_incremental, tidal_full_retrain and tidal_rollback take turns.
+  "$venv_bin/airflow" pools set tidal_model 1 "tidal: one model-changing task at a time (retrain, fine-tune, promote, rollback)" >/dev/null
+  log "pool tidal_model (1 slot) ready"
 }
 
 stop_pid_tree() { # stop_pid_tree NAME: TERM the children first (standalone's components), then the parent

@@ -94,6 +94,23 @@ class ScheduleParams(_Section):
     incremental_every_minutes: int = Field(5, ge=1)
 
 
+class RetrainParams(_Section):
+    """Defaults of a full retrain; the DAG's Params (and `tidal retrain` flags) override them per run."""
+
+    history_days: int | None = Field(None, ge=1, description="days of history before the newest event; null = all")
+    epochs: int | None = Field(None, ge=1, description="null = train.epochs")
+    promote: str = Field("auto", pattern="^(auto|register)$", description="auto: promote if the gate passes")
+    min_examples: int = Field(100, ge=1, description="fewer examples in the window refuses the retrain")
+
+
+class VersionParams(_Section):
+    """Pushing versions to the S3 remote; a failed push goes to the outbox and is retried with backoff."""
+
+    push_attempts: int = Field(3, ge=1, description="tries per push before queueing it in the outbox")
+    backoff_s: float = Field(2.0, ge=0, description="first wait between tries; doubles each time")
+    max_backoff_s: float = Field(300.0, ge=0)
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     generate: GenerateParams = GenerateParams()
@@ -106,6 +123,8 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     gate: GateParams = GateParams()
     schedule: ScheduleParams = ScheduleParams()
+    retrain: RetrainParams = RetrainParams()
+    version: VersionParams = VersionParams()
 
 
 class S3Settings(_Section):

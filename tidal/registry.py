@@ -3,16 +3,24 @@
     registry/candidates/<run>/     a fine-tune's output while it is being gated (never served)
     registry/versions/v000007/     a promoted version: model.pt, metadata.json, reference.parquet, holdout.parquet
     registry/production.json       the alias: which version serves; replaced with os.replace, never edited
-    registry/events.jsonl          append-only log of promotions and rejections
+    registry/events.jsonl          append-only log of promotions, registrations, rollbacks and rejections
 
 Promotion renames the whole candidate folder into versions/ (atomic on one filesystem) and only then moves the
 alias, so a reader following the alias always finds a complete version. Versions never change after promotion.
+
+Lineage: each version's metadata.json holds its kind (full | incremental), parent, anchor, the batches, row counts
+and event-time range it saw, its metrics, params, code version, promoted_at and the sha256 of every file. When it
+served and when it was retired is not written into the (immutable) version: it is derived from the alias moves in
+events.jsonl, which is also what `served_at(ts)` reads.
 """
 
 from __future__ import annotations
 
 import fcntl
+import getpass
+import hashlib
 import json
+import os
 import re
 import shutil
 from contextlib import contextmanager
@@ -42,7 +50,65 @@ class ModelVersion:
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # Microseconds: two alias moves within one second must still order, or served_at could not answer.
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_utc(text: str) -> datetime:
+    """ISO 8601 in, aware UTC datetime out ("2026-11-28T10:00Z", "2026-11-28T10:00:00+00:00"; naive means UTC)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-11-28T10:00Z") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def version_checksums(path: Path) -> dict[str, str]:
+    """sha256 of every file a version holds except its metadata (which carries these sums)."""
+    return {p.name: file_sha256(p) for p in sorted(Path(path).iterdir())
+            if p.is_file() and p.name != METADATA_FILE and not p.name.startswith(".")}
+
+
+class ChecksumMismatch(RuntimeError):
+    """A version's files do not match the sha256 sums recorded when it was promoted."""
+
+
+def verify_version_dir(path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Refuse to load a version whose files differ from its recorded sums (a partial copy, a corrupt pull)."""
+    metadata = metadata if metadata is not None else read_json(Path(path) / METADATA_FILE)
+    expected = metadata.get("checksums")
+    if not expected:
+        raise ChecksumMismatch(f"{path}: metadata has no checksums; cannot verify it")
+    actual = {name: file_sha256(Path(path) / name) if (Path(path) / name).is_file() else None for name in expected}
+    bad = sorted(name for name in expected if actual[name] != expected[name])
+    if bad:
+        raise ChecksumMismatch(f"{path}: {bad} do not match the sha256 recorded at promotion "
+                               f"({ {n: (expected[n][:12], (actual[n] or 'missing')[:12]) for n in bad} })")
+
+
+def who_asked(by: str | None = None) -> str:
+    """The operator recorded with a rollback: --by, else $USER, else the OS account."""
+    if by and by.strip():
+        return by.strip()
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+class StaleCandidate(RuntimeError):
+    """Production moved while a candidate trained from the old production: promoting it would undo that move."""
+
+
+_ANY = object()
 
 
 class Registry:
@@ -101,6 +167,43 @@ class Registry:
             return []
         return [json.loads(line) for line in self.events_path.read_text().splitlines() if line.strip()]
 
+    def alias_moves(self) -> list[dict[str, Any]]:
+        """Every move of the production alias, oldest first (promotions and rollbacks)."""
+        return [e for e in self.events() if e["action"] in ("promote", "rollback")]
+
+    def served_intervals(self, version: str) -> list[dict[str, Any]]:
+        """When a version served: [{from, until (None while serving), how, by}] from the alias moves."""
+        moves = self.alias_moves()
+        intervals = []
+        for i, move in enumerate(moves):
+            if move["version"] == version:
+                until = moves[i + 1]["at"] if i + 1 < len(moves) else None
+                intervals.append({"from": move["at"], "until": until, "how": move["action"],
+                                  "by": move.get("by"), "reason": move.get("reason")})
+        return intervals
+
+    def retired_at(self, version: str) -> str | None:
+        """When the alias last moved away from this version; None if it serves now or never served."""
+        intervals = self.served_intervals(version)
+        return intervals[-1]["until"] if intervals else None
+
+    def served_at(self, moment: str | datetime) -> str | None:
+        """Which version was in production at that instant (None before the first promotion)."""
+        at = parse_utc(moment) if isinstance(moment, str) else moment.astimezone(timezone.utc)
+        serving = None
+        for move in self.alias_moves():
+            if parse_utc(move["at"]) > at:
+                break
+            serving = move["version"]
+        return serving
+
+    def lineage(self, version: str) -> dict[str, Any]:
+        """A version's metadata plus what only the event log knows: when it served and when it was retired."""
+        mv = self.version(version)
+        production = self.production()
+        return {**mv.metadata, "version": version, "serving": production is not None and production.version == version,
+                "served": self.served_intervals(version), "retired_at": self.retired_at(version)}
+
     # ---- writing -------------------------------------------------------------------------------------------
     def new_candidate_dir(self, run_id: str) -> Path:
         """An empty staging folder for a run's candidate (a retried task starts it afresh)."""
@@ -119,34 +222,92 @@ class Registry:
         with open(self.events_path, "a") as handle:
             handle.write(json.dumps(event, sort_keys=True) + "\n")
 
-    def promote_candidate(self, run_id: str, *, reason: str) -> ModelVersion:
-        """Turn a run's candidate into the next version and point production at it. Idempotent per run id."""
+    def promote_candidate(self, run_id: str, *, reason: str, expect_production: Any = _ANY) -> ModelVersion:
+        """Turn a run's candidate into the next version and point production at it. Idempotent per run id.
+
+        expect_production makes the alias move a compare-and-set: an incremental candidate passes its parent, and if
+        production moved meanwhile (a full retrain or a rollback won the race) StaleCandidate is raised and nothing
+        changes, so a fine-tune of the old model never replaces the newer one.
+        """
         with self._lock():
             existing = self.version_for_run(run_id)
             if existing is None:
-                staged = self.candidate_dir(run_id)
-                if not (staged / MODEL_FILE).is_file() or not (staged / METADATA_FILE).is_file():
-                    raise FileNotFoundError(f"no complete candidate for run {run_id} in {staged}")
-                version = self._next_version()
-                metadata = read_json(staged / METADATA_FILE)
-                metadata.update(version=version, promoted_at=utc_now_iso())
-                if metadata.get("kind") == "full":
-                    metadata["anchor"] = version  # a full retrain starts a new fine-tune chain
-                atomic_write_json(staged / METADATA_FILE, metadata)
-                self.versions_dir.mkdir(parents=True, exist_ok=True)
-                staged.rename(self.versions_dir / version)
-                existing = self.version(version)
+                current = read_json(self.alias_path)["version"] if self.alias_path.exists() else None
+                if expect_production is not _ANY and current != expect_production:
+                    raise StaleCandidate(f"run {run_id} trained from {expect_production}, but production is now "
+                                         f"{current}; the next cycle fine-tunes from {current}")
+                existing = self._make_version(run_id)
             self._set_alias(existing.version, action="promote", run_id=run_id, reason=reason)
             return existing
 
-    def _set_alias(self, version: str, *, action: str, run_id: str, reason: str) -> None:
+    def register_candidate(self, run_id: str, *, reason: str) -> ModelVersion:
+        """Make a run's candidate a version without serving it (a full retrain with promote=register)."""
+        with self._lock():
+            existing = self.version_for_run(run_id)
+            if existing is None:
+                existing = self._make_version(run_id)
+                self._log({"action": "register", "version": existing.version, "run_id": run_id, "reason": reason,
+                           "at": utc_now_iso()})
+            return existing
+
+    def _make_version(self, run_id: str) -> ModelVersion:
+        staged = self.candidate_dir(run_id)
+        if not (staged / MODEL_FILE).is_file() or not (staged / METADATA_FILE).is_file():
+            raise FileNotFoundError(f"no complete candidate for run {run_id} in {staged}")
+        version = self._next_version()
+        metadata = read_json(staged / METADATA_FILE)
+        metadata.update(version=version, promoted_at=utc_now_iso(), checksums=version_checksums(staged))
+        if metadata.get("kind") == "full":
+            metadata["anchor"] = version  # a full retrain starts a new fine-tune chain
+        atomic_write_json(staged / METADATA_FILE, metadata)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        # One rename moves the complete folder: versions/ never holds half a version.
+        staged.rename(self.versions_dir / version)
+        return self.version(version)
+
+    def rollback(self, to: str | None = None, *, reason: str, by: str | None = None) -> dict[str, Any]:
+        """Point production at an earlier version (default: the one that served before the current one).
+
+        The target must be complete and match its recorded checksums; the alias is replaced atomically and the move
+        is logged with who asked and why. The next incremental cycle fine-tunes from the target.
+        """
+        if not reason or not reason.strip():
+            raise ValueError("a rollback needs a reason (--reason)")
+        operator = who_asked(by)
+        with self._lock():
+            current = read_json(self.alias_path)["version"] if self.alias_path.exists() else None
+            if current is None:
+                raise ValueError("nothing is in production yet; there is nothing to roll back")
+            if to is None:
+                earlier = [m["version"] for m in self.alias_moves() if m["version"] != current]
+                if not earlier:
+                    raise ValueError(f"{current} is the only version that ever served; name one with --to")
+                to = earlier[-1]
+            if not VERSION_PATTERN.match(to):
+                raise ValueError(f"{to!r} is not a version id (vNNNNNN)")
+            target = self.version(to)  # KeyError if it does not exist
+            if to == current:
+                raise ValueError(f"{to} is already in production")
+            if not target.model_path.is_file():
+                raise FileNotFoundError(f"{to} has no {MODEL_FILE}; refusing to serve it")
+            if target.metadata.get("checksums"):
+                verify_version_dir(target.path, target.metadata)
+            self._set_alias(to, action="rollback", run_id=f"rollback-to-{to}", reason=reason.strip(), by=operator)
+            return {"from": current, "to": to, "by": operator, "reason": reason.strip(),
+                    "at": read_json(self.alias_path)["since"]}
+
+    def _set_alias(self, version: str, *, action: str, run_id: str, reason: str, by: str | None = None) -> None:
         previous = read_json(self.alias_path)["version"] if self.alias_path.exists() else None
         if previous == version:
             return
         at = utc_now_iso()
-        atomic_write_json(self.alias_path, {"version": version, "since": at, "run_id": run_id, "reason": reason})
-        self._log({"action": action, "version": version, "previous": previous, "run_id": run_id, "reason": reason,
-                   "at": at})
+        alias = {"version": version, "since": at, "run_id": run_id, "reason": reason}
+        event = {"action": action, "version": version, "previous": previous, "run_id": run_id, "reason": reason,
+                 "at": at}
+        if by is not None:
+            alias["by"] = event["by"] = by
+        atomic_write_json(self.alias_path, alias)
+        self._log(event)
 
     def record_rejection(self, run_id: str, *, reason: str, details: dict[str, Any]) -> None:
         """A failed gate leaves production untouched; the candidate stays in candidates/ for inspection."""
