@@ -20,6 +20,7 @@ STEP_COMMANDS = {
     "gate": ("jobs.gate", "score candidate vs production on the freshest held-out slice"),
     "promote": ("jobs.promote", "move the production alias to a passing candidate"),
     "version": ("jobs.version", "track the promoted model with DVC and push it to S3"),
+    "quarantine": ("jobs.quarantine", "list, export and replay quarantined records (list | export | replay)"),
     "registry": ("jobs.registry_cli", "list and show model versions, and which served when (served-at)"),
     "rollback": ("jobs.rollback", "point production back at an earlier version (--to V --reason ... [--by])"),
     "retrain": ("jobs.retrain", "full retrain from scratch over a history window (--reason ... [--days N])"),

@@ -74,6 +74,54 @@ def landing_lines(files_df):
     return lines.unionByName(empty_files)
 
 
+def parquet_schema_problem(schema) -> str | None:
+    """Why a landing Parquet file's schema breaks the event contract, or None. Checked per file, before any row is
+    read: a file whose columns are missing or mistyped is quarantined whole (one record, reason
+    `parquet_wrong_schema`, the problem as its raw record), like an empty file; fix it and land it again."""
+    from pyspark.sql import types as T
+
+    fields = {f.name: f.dataType for f in schema.fields}
+    problems = [f"missing column {name}" for name in (*REQUIRED_STRING_FIELDS, "event_time") if name not in fields]
+    problems += [f"{name} is {fields[name].simpleString()}, not string" for name in REQUIRED_STRING_FIELDS
+                 if name in fields and not isinstance(fields[name], T.StringType)]
+    if "event_time" in fields and not isinstance(fields["event_time"], (T.TimestampType, T.TimestampNTZType,
+                                                                         T.StringType, T.NumericType)):
+        problems.append(f"event_time is {fields['event_time'].simpleString()}, not a timestamp")
+    if "value" in fields and not isinstance(fields["value"], (T.NumericType, T.NullType)):
+        problems.append(f"value is {fields['value'].simpleString()}, not a number")
+    return "; ".join(problems) or None
+
+
+def parquet_lines(spark, paths: list[str]):
+    """Landing Parquet files -> the same line rows as landing_lines: each row becomes one JSON line (so it meets the
+    same contract checks as a JSON Lines record), numbered in file order. A file that cannot be read, or whose schema
+    breaks the contract, becomes one file-level row with its reason."""
+    from pyspark.sql import functions as F
+
+    out_schema = "source_file string, line_number int, line string, file_reason string"
+    frames = []
+    for path in paths:
+        try:
+            df = spark.read.parquet(path)
+            problem = parquet_schema_problem(df.schema)
+        except Exception as err:  # noqa: BLE001 - any read failure is a property of the file, not of the run
+            frames.append(spark.createDataFrame([(path, 0, f"unreadable: {str(err).splitlines()[0][:300]}",
+                                                  "unreadable_parquet")], out_schema))
+            continue
+        if problem:
+            frames.append(spark.createDataFrame([(path, 0, problem, "parquet_wrong_schema")], out_schema))
+            continue
+        rows = df.select(F.to_json(F.struct(*df.columns)).alias("line")).agg(F.collect_list("line").alias("lines"))
+        frames.append(rows.select(F.lit(path).alias("source_file"),
+                                  F.posexplode("lines").alias("pos", "line"))
+                      .select("source_file", (F.col("pos") + 1).cast("int").alias("line_number"), "line",
+                              F.lit(None).cast("string").alias("file_reason")))
+    result = frames[0]
+    for frame in frames[1:]:
+        result = result.unionByName(frame)
+    return result
+
+
 def classify_events(lines_df, rules: EventRules):
     """Parse each line against the event contract. Adds typed event columns and `quarantine_reason`
     (null for an accepted event; otherwise the first rule the record broke)."""
@@ -160,7 +208,11 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     rules = EventRules(event_types=params.base.event_types, max_id_length=params.base.max_id_length,
                        max_future_skew_s=params.base.max_future_skew_s, now_epoch_s=now_epoch_s)
     zero_byte_files = claim_zero_byte_files(layout, batch_id)
-    lines = landing_lines(files_df)
+    is_parquet = F.lower(F.col("path")).endswith(".parquet")
+    parquet_paths = sorted(r.path for r in files_df.filter(is_parquet).select("path").collect())
+    lines = landing_lines(files_df.filter(~is_parquet))
+    if parquet_paths:
+        lines = lines.unionByName(parquet_lines(spark, parquet_paths))
     if zero_byte_files:
         lines = lines.unionByName(spark.createDataFrame(
             [(path, 0, None, "empty_file") for path in zero_byte_files],
@@ -350,7 +402,7 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
                          StructField("length", LongType()), StructField("content", BinaryType())])
     stream = (
         spark.readStream.format("binaryFile").schema(schema)
-        .option("pathGlobFilter", "*.jsonl")
+        .option("pathGlobFilter", "*.{jsonl,parquet}")
         .option("maxFilesPerTrigger", settings.params.features.max_files_per_trigger)
         .load(str(layout.landing_events))
     )
