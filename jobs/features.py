@@ -353,11 +353,15 @@ def batch_clock(layout: StorageLayout, batch_id: int, now_epoch_s: float) -> flo
     the skew limit could be quarantined once and accepted on replay; so the first attempt records its clock under
     features/state/clock/ and every replay reads it back.
     """
-    path = layout.feature_state / "clock" / f"{batch_id:08d}.json"
+    path = batch_clock_path(layout, batch_id)
     if path.exists():
         return float(read_json(path)["now_epoch_s"])
     atomic_write_json(path, {"batch_id": batch_id, "now_epoch_s": now_epoch_s})
     return now_epoch_s
+
+
+def batch_clock_path(layout: StorageLayout, batch_id: int) -> Path:
+    return layout.feature_state / "clock" / f"{batch_id:08d}.json"
 
 
 def batch_manifest_path(layout: StorageLayout, batch_id: int) -> Path:

@@ -10,17 +10,20 @@ Run: `tidal validate --run-id RUN --batch-ids 3 4`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from jobs.datasets import load_examples
 from jobs.features import read_batch_manifests, summarize_batches
 from tidal.config import REPO_ROOT, Settings, load_settings
-from tidal.storage import StorageLayout, write_step_summary
+from tidal.storage import StorageLayout, read_json, write_step_summary
 
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 
@@ -36,8 +39,12 @@ def load_suite_json(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_dir: Path) -> dict[str, Any]:
-    """Run one suite on one DataFrame with an ephemeral GX context; Data Docs are built into docs_dir."""
+def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_dir: Path,
+                      expectation_parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one suite on one DataFrame with an ephemeral GX context; Data Docs are built into docs_dir.
+
+    Returns the failed expectations, the number of failing rows and `row_failures`: row position -> the
+    expectations ("type(column)") that row broke."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -56,8 +63,10 @@ def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_d
         name="tidal", validation_definitions=[definition],
         actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tidal"])],
         result_format={"result_format": "COMPLETE"}))
-    result = checkpoint.run(batch_parameters={"dataframe": examples.reset_index(drop=True)})
+    result = checkpoint.run(batch_parameters={"dataframe": examples.reset_index(drop=True)},
+                            expectation_parameters=expectation_parameters or {})
     failing_rows: set[int] = set()
+    row_failures: dict[int, list[str]] = {}
     failed: list[dict[str, Any]] = []
     for validation in result.run_results.values():
         for r in validation.results:
@@ -66,11 +75,78 @@ def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_d
             column = r.expectation_config.kwargs.get("column")
             rows = r.result.get("unexpected_index_list") or []
             failing_rows.update(int(i) for i in rows)
+            for i in rows:
+                row_failures.setdefault(int(i), []).append(f"{r.expectation_config.type}({column})")
             failed.append({"expectation": r.expectation_config.type, "column": column,
                            "unexpected_count": r.result.get("unexpected_count"),
                            "observed_value": r.result.get("observed_value")})
     return {"success": bool(result.success), "failed_expectations": failed, "failing_rows": len(failing_rows),
-            "data_docs": str(docs_dir / "index.html")}
+            "row_failures": row_failures, "data_docs": str(docs_dir / "index.html")}
+
+
+def raw_suite_parameters(layout: StorageLayout, settings: Settings, batch_ids: list[int]) -> dict[str, Any]:
+    """The run-time values of events.raw's $PARAMETERs: never `now()`, always what the batches recorded.
+
+    max_timestamp: the latest batch clock (the "now" the features job judged those batches by) + the allowed skew.
+    min_rows/max_rows: validation.row_count_bounds x the median accepted count of up to 10 earlier batches (no
+    history: 1 .. unbounded)."""
+    from jobs.features import batch_clock_path, latest_manifest_before
+
+    clocks = [read_json(batch_clock_path(layout, b))["now_epoch_s"] for b in batch_ids
+              if batch_clock_path(layout, b).exists()]
+    max_ts = (max(clocks) if clocks else float("inf")) + settings.params.base.max_future_skew_s
+    history, before = [], min(batch_ids)
+    while len(history) < 10:
+        manifest = latest_manifest_before(layout, before)
+        if manifest is None:
+            break
+        if manifest["accepted"]:
+            history.append(manifest["accepted"])
+        before = manifest["batch_id"]
+    low, high = settings.params.validation.row_count_bounds
+    if history:
+        median = float(np.median(history))
+        bounds = (max(1, int(median * low)), int(np.ceil(median * high)) * len(batch_ids))
+    else:
+        bounds = (1, None)
+    return {"max_timestamp": max_ts, "min_rows": bounds[0], "max_rows": bounds[1]}
+
+
+def quarantine_failing_rows(layout: StorageLayout, frames: dict[int, pd.DataFrame], examples: pd.DataFrame,
+                            row_failures: dict[int, list[str]]) -> int:
+    """Row-level quarantine: each failing example goes to quarantine/validation/batch_id=N/ with the expectations it
+    broke, and its batch of examples is rewritten without it, so training never sees it and it is never both
+    accepted and quarantined. Idempotent: a rerun finds no failing rows left and writes nothing."""
+    moved = 0
+    failing_ids = {examples.iloc[i]["event_id"]: sorted(set(f)) for i, f in row_failures.items()}
+    for batch_id, frame in frames.items():
+        bad = frame["event_id"].isin(failing_ids)
+        if not bad.any():
+            continue
+        rows = frame[bad].copy()
+        rows["failed_expectations"] = [json.dumps(failing_ids[e]) for e in rows["event_id"]]
+        rows["batch_id"] = batch_id
+        target = layout.root / "quarantine" / "validation" / f"batch_id={batch_id}"
+        target.mkdir(parents=True, exist_ok=True)
+        # One file per content, written before the examples are rewritten: a crash in between leaves the same file
+        # to be written again, not a second copy.
+        digest = hashlib.sha1("".join(sorted(rows["event_id"].astype(str))).encode()).hexdigest()[:12]
+        tmp = target / f".part-{digest}.parquet.tmp"
+        rows.to_parquet(tmp, index=False)
+        os.replace(tmp, target / f"part-{digest}.parquet")
+        batch_dir = layout.examples_batch(batch_id)
+        staged = batch_dir.with_name(batch_dir.name + ".validated")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        frame[~bad].to_parquet(staged / "part-00000.parquet", index=False)
+        (staged / "_SUCCESS").touch()
+        old = batch_dir.with_name(batch_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(batch_dir, old)
+        os.replace(staged, batch_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        moved += int(bad.sum())
+    return moved
 
 
 def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_dir: Path) -> dict[str, Any]:
@@ -80,8 +156,16 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
         write_step_summary(reports_dir, "validate", summary)
         return summary
     counts = summarize_batches(read_batch_manifests(layout, batch_ids), 0.0)
-    examples = load_examples(layout, batch_ids)
+    frames = {b: pd.read_parquet(layout.examples_batch(b)) for b in batch_ids if layout.examples_batch(b).exists()}
+    examples = (pd.concat(frames.values(), ignore_index=True) if frames else load_examples(layout, batch_ids))
     report = validate_examples(examples, load_suite_json(settings.params.validation.suite), reports_dir / "data_docs")
+    raw = validate_examples(examples, load_suite_json(settings.params.validation.raw_suite),
+                            reports_dir / "data_docs", raw_suite_parameters(layout, settings, batch_ids))
+    row_failures = {i: report["row_failures"].get(i, []) + raw["row_failures"].get(i, [])
+                    for i in set(report["row_failures"]) | set(raw["row_failures"])}
+    report["failed_expectations"] += [{**f, "suite": settings.params.validation.raw_suite}
+                                      for f in raw["failed_expectations"]]
+    report["failing_rows"] = len(row_failures)
     bad = counts["quarantined"] + report["failing_rows"]
     share = bad / counts["landed"] if counts["landed"] else 0.0
     threshold = settings.params.validation.max_bad_row_share
@@ -89,7 +173,10 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
                "examples": len(examples), "landed": counts["landed"], "quarantined": counts["quarantined"],
                "failing_example_rows": report["failing_rows"], "bad_row_share": round(share, 6),
                "max_bad_row_share": threshold, "failed_expectations": report["failed_expectations"],
-               "quarantine_reasons": counts["quarantine_reasons"], "data_docs": report["data_docs"]}
+               "quarantine_reasons": counts["quarantine_reasons"], "data_docs": report["data_docs"],
+               "row_count_bounds": [raw_suite_parameters(layout, settings, batch_ids)[k] for k in ("min_rows", "max_rows")]}
+    # Failing rows leave the examples whether or not the batch passes: on a pass the rest goes on to training.
+    summary["validation_quarantined"] = quarantine_failing_rows(layout, frames, examples, row_failures)
     write_step_summary(reports_dir, "validate", summary)
     print(f"[validate] bad-row share {share:.4f} (limit {threshold}); Data Docs: {report['data_docs']}", flush=True)
     if share > threshold:

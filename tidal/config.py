@@ -55,6 +55,8 @@ class FeaturesParams(_Section):
 class ValidateParams(_Section):
     max_bad_row_share: float = Field(0.2, ge=0, le=1)
     suite: str = "features.examples"
+    raw_suite: str = "events.raw"
+    row_count_bounds: tuple[float, float] = Field((0.1, 10.0), description="x median accepted rows of recent batches")
 
 
 class DriftParams(_Section):

@@ -135,3 +135,57 @@ def test_failure_message_states_a_fractional_limit_exactly(tidal_env, tmp_path):
     with pytest.raises(ValidationFailed) as err:
         run_validate(settings, "run-1", [0], tmp_path / "reports")
     assert "(1.6% > limit 1.5%)" in str(err.value)
+
+
+def test_raw_suite_is_versioned_json_with_run_time_parameters():
+    raw = load_suite_json("events.raw")
+    assert raw["name"] == "events.raw"
+    params = {json.dumps(e["kwargs"]) for e in raw["expectations"]}
+    assert any('"$PARAMETER": "max_timestamp"' in p for p in params)
+    assert any('"$PARAMETER": "min_rows"' in p for p in params)
+
+
+def test_row_level_quarantine_moves_failing_rows_out_and_lets_the_rest_go_on(tidal_env, tmp_path):
+    """Rows breaking either suite leave the examples for quarantine/validation/ with the expectations they broke."""
+    from jobs.features import batch_clock_path
+
+    settings = tidal_env({"validation": {"max_bad_row_share": 0.2}})
+    layout = StorageLayout(settings.home)
+    history = clean_examples(40)
+    write_batch(settings, 0, history, landed=40, reasons={})
+    examples = clean_examples(50)
+    examples["event_id"] = [f"n{i:04d}" for i in range(50)]
+    clock = examples["timestamp"].max()
+    examples.loc[3, "timestamp"] = clock + 3600  # an hour past the batch clock (skew is 300 s): events.raw
+    examples.loc[7, "event_type"] = "teleport"   # both suites
+    examples.loc[9, "hour_of_day"] = 24          # features.examples only
+    write_batch(settings, 1, examples, landed=50, reasons={})
+    atomic_write_json(batch_clock_path(layout, 1), {"batch_id": 1, "now_epoch_s": float(clock)})
+
+    summary = run_validate(settings, "run-1", [1], tmp_path / "reports")
+    assert summary["status"] == "passed"
+    assert (summary["failing_example_rows"], summary["validation_quarantined"]) == (3, 3)
+    assert summary["row_count_bounds"] == [4, 400]  # 0.1x and 10x the median of the one earlier batch (40)
+    quarantined = pd.read_parquet(layout.root / "quarantine" / "validation" / "batch_id=1").set_index("event_id")
+    assert sorted(quarantined.index) == ["n0003", "n0007", "n0009"]
+    assert json.loads(quarantined.loc["n0003", "failed_expectations"]) == ["expect_column_values_to_be_between(timestamp)"]
+    assert json.loads(quarantined.loc["n0007", "failed_expectations"]) == ["expect_column_values_to_be_in_set(event_type)"]
+    assert json.loads(quarantined.loc["n0009", "failed_expectations"]) == ["expect_column_values_to_be_between(hour_of_day)"]
+    kept = pd.read_parquet(layout.examples_batch(1))
+    assert len(kept) == 47 and not kept["event_id"].isin(quarantined.index).any()
+
+    again = run_validate(settings, "run-1", [1], tmp_path / "reports")  # a retry: nothing left to move
+    assert (again["failing_example_rows"], again["validation_quarantined"]) == (0, 0)
+    assert len(pd.read_parquet(layout.root / "quarantine" / "validation" / "batch_id=1")) == 3
+
+
+def test_row_count_far_above_recent_batches_breaks_the_raw_suite(tidal_env, tmp_path):
+    settings = tidal_env({"validation": {"max_bad_row_share": 0.5}})
+    write_batch(settings, 0, clean_examples(10), landed=10, reasons={})
+    big = clean_examples(150)
+    big["event_id"] = [f"b{i:04d}" for i in range(150)]
+    write_batch(settings, 1, big, landed=150, reasons={})
+    summary = run_validate(settings, "run-1", [1], tmp_path / "reports")
+    assert summary["row_count_bounds"] == [1, 100]
+    assert {(f["expectation"], f.get("suite")) for f in summary["failed_expectations"]} == \
+        {("expect_table_row_count_to_be_between", "events.raw")}
