@@ -247,11 +247,13 @@ def run_retrain(settings: Settings, run_id: str, raw_request: dict[str, Any]) ->
 DVC_RUN_ID = "dvc"
 
 
-def dvc_paths(settings: Settings) -> dict[str, Path]:
+def dvc_paths(settings: Settings, metrics_dir: Path = Path("metrics")) -> dict[str, Path]:
+    """Data under TIDAL_HOME; metrics and plots under the DVC project's metrics/ (small, committed to git, so that
+    `dvc metrics diff` and `dvc plots diff` can compare commits)."""
     layout = StorageLayout(settings.home)
-    reports = layout.reports / "retrain"
-    return {"build": retrain_dir(layout, DVC_RUN_ID) / "build.json", "reports": reports,
-            "metrics": reports / "metrics.json", "losses": reports / "losses.csv", "quality": reports / "quality.csv"}
+    return {"build": retrain_dir(layout, DVC_RUN_ID) / "build.json", "reports": metrics_dir,
+            "docs": layout.reports / "retrain", "metrics": metrics_dir / "retrain.json",
+            "losses": metrics_dir / "losses.csv", "quality": metrics_dir / "quality.csv"}
 
 
 def evaluate_candidate(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -282,7 +284,10 @@ def run_stage(settings: Settings, stage: str) -> dict[str, Any]:
         return built
     built = read_json(paths["build"])
     if stage == "validate":
-        return validate_training_set(settings, DVC_RUN_ID, built, paths["reports"])
+        summary = validate_training_set(settings, DVC_RUN_ID, built, paths["docs"])
+        metrics = {k: summary[k] for k in ("examples", "failing_example_rows", "bad_row_share")}
+        atomic_write_json(paths["reports"] / "validate.json", metrics)
+        return summary
     if stage == "train":
         trained = train_from_scratch(settings, DVC_RUN_ID, built, request)
         rows = "\n".join(f"{i + 1},{loss}" for i, loss in enumerate(trained["losses"]))

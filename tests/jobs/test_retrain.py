@@ -103,3 +103,81 @@ def test_window_register_only_and_a_stale_incremental_waiting_behind_a_retrain(t
     v4 = registry.version(nxt["promote"]["version"])
     assert (v4.metadata["parent"], v4.metadata["anchor"]) == ("v000003", "v000003")
 
+
+def sh(cwd, *argv, env=None, stdout_only: bool = False) -> str:
+    import subprocess
+
+    proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_reproduces_the_retrain_and_metrics_diff_compares_runs(spark, tmp_path, monkeypatch):
+    """dvc.yaml in a copy of the checkout (git + DVC): repro, nothing to redo, a params change reruns only what
+    reads it, metrics show/diff and plots work."""
+    import json
+    import os
+    import shutil
+    import sys
+
+    from pathlib import Path
+
+    import yaml
+
+    from jobs.features import run_features
+    from jobs.generate import generate_stream
+    from tests.conftest import REPO_ROOT, write_params
+    from tidal.storage import StorageLayout
+
+    project = tmp_path / "checkout"
+    project.mkdir()
+    for name in ("jobs", "models", "tidal", "expectations"):
+        shutil.copytree(REPO_ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+    write_params(project / "params.yaml", {"retrain": {"min_examples": 50}})
+    monkeypatch.setenv("TIDAL_HOME", str(project / "data"))
+    monkeypatch.setenv("TIDAL_PARAMS", str(project / "params.yaml"))
+    from tidal.config import load_settings
+
+    settings = load_settings()
+    layout = StorageLayout(settings.home).ensure()
+    generate_stream(layout, settings.params.generate, seed=9, files=2, event_types=settings.params.base.event_types)
+    run_features(settings)
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TIDAL_HOME", "TIDAL_PARAMS")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    dvc = [sys.executable, "-m", "dvc"]
+    sh(project, *git, "init", "-q", env=env)
+    (project / ".gitignore").write_text("data/\n__pycache__/\n")
+    sh(project, *dvc, "init", "-q", env=env)
+    first = sh(project, *dvc, "repro", env=env)
+    for stage in ("build_training_set", "validate", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first
+    metrics = json.loads((project / "metrics/retrain.json").read_text())
+    assert 0.0 <= metrics["recall_at_10"] <= 1.0 and metrics["users"] > 0
+    assert metrics["epochs"] == yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"]
+    shown = json.loads(sh(project, *dvc, "metrics", "show", "--json", env=env, stdout_only=True))
+    assert json.dumps(shown).count(str(metrics["recall_at_10"])) >= 1
+    sh(project, *git, "add", "-A", env=env)
+    sh(project, *git, "commit", "-q", "-m", "first retrain", env=env)
+
+    again = sh(project, *dvc, "repro", env=env)
+    assert "Running stage" not in again  # nothing changed: nothing reruns
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    second = sh(project, *dvc, "repro", env=env)
+    assert "Running stage 'build_training_set'" not in second and "Running stage 'validate'" not in second
+    assert "Running stage 'train'" in second and "Running stage 'evaluate'" in second
+    diff = json.loads(sh(project, *dvc, "metrics", "diff", "--json", env=env, stdout_only=True))
+    changed = diff["metrics/retrain.json"]
+    assert changed["epochs"]["old"] == metrics["epochs"] and changed["epochs"]["new"] == 1
+    params_diff = json.loads(sh(project, *dvc, "params", "diff", "--json", env=env, stdout_only=True))
+    assert params_diff["params.yaml"]["train.epochs"]["new"] == 1
+
+    sh(project, *dvc, "plots", "show", "-o", str(tmp_path / "plots"), env=env)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "quality.csv" in html and "losses.csv" in html
