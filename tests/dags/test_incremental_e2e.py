@@ -99,7 +99,8 @@ def test_two_cycles_fine_tune_from_the_first_and_round_trip_through_s3(tidal_env
     assert set(features2["batch_ids"]).isdisjoint(features["batch_ids"])
     assert features2["landed"] == features2["accepted"] + features2["quarantined"] + features2["duplicates"]
     assert second["drift"]["status"] == "tested" and second["drift"]["reference_version"] == "v000001"
-    assert {r["feature"] for r in second["drift"]["features"]} == set(settings.params.drift.features)
+    assert {r["feature"] for r in second["drift"]["features"]} == \
+        set(settings.params.drift.features) | set(settings.params.drift.categorical_features)
     assert second["finetune"]["kind"] == "incremental" and second["finetune"]["parent"] == "v000001"
     # It trained on cycle 1's held-out slice plus the new examples, not on the whole history again.
     assert second["finetune"]["pending_holdout_examples"] == first["finetune"]["held_out_examples"]
