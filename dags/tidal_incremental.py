@@ -85,21 +85,21 @@ def tidal_incremental():
         task_id="trigger_full_retrain", trigger_dag_id="tidal_full_retrain", wait_for_completion=False,
         conf={"reason": "severe drift seen by tidal_incremental run {{ run_id }}"})
 
-    @task
+    @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
     def finetune() -> dict:
         from jobs.finetune import run_finetune
 
         settings, run_id, reports = _settings_and_reports()
         return run_finetune(settings, run_id, reports)
 
-    @task
+    @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
     def gate() -> dict:
         from jobs.gate import run_gate
 
         settings, run_id, reports = _settings_and_reports()
         return run_gate(settings, run_id, reports)
 
-    @task
+    @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
     def promote(gate_summary: dict) -> dict:
         from jobs.promote import run_promote
 

@@ -36,6 +36,9 @@ def test_shape_schedule_and_pool(dagbag):
     assert [a.uri for a in dag.timetable.asset_condition.objects] == ["tidal://drift/severe"]  # drift triggers it
     pools = {t.task_id: t.pool for t in dag.tasks}
     assert {k for k, v in pools.items() if v == "tidal_model"} == {"build_training_set", "train", "gate", "promote"}
+    incremental = {t.task_id: t.pool for t in dagbag.get_dag("tidal_incremental").tasks}
+    assert {k for k, v in incremental.items() if v == "tidal_model"} == {"finetune", "gate", "promote"}
+    assert dagbag.get_dag("tidal_rollback").get_task("rollback").pool == "tidal_model"
 
 
 def test_every_param_has_a_title_and_description(dagbag):
@@ -89,6 +92,12 @@ def test_full_retrain_through_the_dag_becomes_the_anchor_of_the_next_incremental
     registry = Registry(layout.registry)
     assert registry.production().version == "v000001"
 
+    # New events reach the feature store (batch 1) but no incremental run has trained on them yet.
+    from jobs.features import run_features
+
+    generate_stream(layout, settings.params.generate, files=1, **gen)
+    pending_batches = run_features(settings)["batch_ids"]
+
     run = retrain.test(run_conf={"history_days": "all", "epochs": 2, "reason": "weekly reset in test",
                                  "promote": "auto"})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
@@ -99,9 +108,14 @@ def test_full_retrain_through_the_dag_becomes_the_anchor_of_the_next_incremental
     v2 = registry.version("v000002")
     assert (v2.metadata["kind"], v2.metadata["parent"], v2.metadata["anchor"]) == ("full", None, "v000002")
     assert v2.metadata["retrain"] == {"reason": "weekly reset in test", "trigger": "manual", "promote": "auto"}
-    assert v2.metadata["batch_ids"] == registry.version("v000001").metadata["batch_ids"]
-    # Its drift reference is its own training sample, not v000001's.
-    assert (v2.path / REFERENCE_FILE).read_bytes() != (registry.version("v000001").path / REFERENCE_FILE).read_bytes()
+    # It saw all of history (v000001's batches and the new one), from scratch.
+    assert v2.metadata["batch_ids"] == registry.version("v000001").metadata["batch_ids"] + pending_batches
+    assert v2.metadata["rows"]["replay"] == 0 and len(v2.metadata["losses"]) == 2
+    # Its drift reference is a sample of its own (larger) training set, not v000001's.
+    import pandas as pd
+
+    assert len(pd.read_parquet(v2.path / REFERENCE_FILE)) == v2.metadata["rows"]["trained"]
+    assert len(pd.read_parquet(v2.path / REFERENCE_FILE)) > len(pd.read_parquet(registry.version("v000001").path / REFERENCE_FILE))
 
     generate_stream(layout, settings.params.generate, files=1, **gen)
     nxt = incremental.test()
@@ -109,5 +123,6 @@ def test_full_retrain_through_the_dag_becomes_the_anchor_of_the_next_incremental
     after = summaries(settings, nxt.run_id)
     assert after["drift"]["reference_version"] == "v000002"
     assert after["finetune"]["kind"] == "incremental" and after["finetune"]["parent"] == "v000002"
+    assert after["finetune"]["batch_ids"] == [pending_batches[-1] + 1]  # only what the retrain has not seen
     v3 = registry.version(after["promote"]["version"])
     assert (v3.version, v3.metadata["parent"], v3.metadata["anchor"]) == ("v000003", "v000002", "v000002")
