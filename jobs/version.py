@@ -3,7 +3,9 @@
 TIDAL_HOME is a DVC project without git (`dvc init --no-scm`); each promoted version folder gets a
 `registry/versions/vNNNNNN.dvc` file holding its content hash, and `dvc push` uploads it to
 s3://<bucket>/<prefix> at TIDAL_S3_ENDPOINT (SeaweedFS by default; AWS S3 or MinIO by configuration).
-Credentials are read by DVC from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; none are written to its config.
+Credentials are read by DVC from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; none are written to its config. When
+those are not set, the Airflow connection `TIDAL_S3_CONN_ID` (default `tidal_s3`: login = access key, password =
+secret key, extra `endpoint_url`) supplies them to the DVC subprocess only.
 
 When the object store is down the cycle does not fail: the version is promoted locally and tracked by DVC, and
 its push waits in `registry/outbox/<version>.json`. Every later `run_version` (each cycle) and `tidal version --drain`
@@ -41,8 +43,26 @@ class DvcError(RuntimeError):
     pass
 
 
+def s3_credentials_from_airflow() -> dict[str, str]:
+    """AWS_* for the DVC subprocess from an Airflow connection, when the environment carries none."""
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return {}  # the environment wins
+    conn_id = os.environ.get("TIDAL_S3_CONN_ID", "tidal_s3")
+    try:
+        from airflow.sdk import BaseHook  # inside a task: the API server's connection; else AIRFLOW_CONN_* env
+
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # no Airflow, or no such connection: DVC reports the missing credentials itself
+        return {}
+    env = {"AWS_ACCESS_KEY_ID": conn.login or "", "AWS_SECRET_ACCESS_KEY": conn.password or ""}
+    endpoint = (conn.extra_dejson or {}).get("endpoint_url")
+    if endpoint and not os.environ.get("TIDAL_S3_ENDPOINT"):
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
+
+
 def dvc(project_dir: Path, *args: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", **s3_credentials_from_airflow()}
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DvcError(f"`dvc {' '.join(args)}` failed in {project_dir} (exit {proc.returncode}):\n"

@@ -156,3 +156,32 @@ def test_outage_queues_pushes_and_recovery_pushes_each_version_once(tidal_env, s
         Bucket="outage", Key=f"dvc/files/md5/{md5[:2]}/{md5[2:]}", Body=b"weights-tw0")
     with pytest.raises(ChecksumMismatch, match="model.pt"):
         pull_version(settings, v2, tmp_path / "pull-corrupt")
+
+
+def test_credentials_from_an_airflow_connection_when_the_environment_has_none(tidal_env, s3_env, monkeypatch):
+    """No AWS_* and no endpoint in the environment: the `tidal_s3` Airflow connection (here from AIRFLOW_CONN_*)
+    supplies them to DVC; a wrong secret in the connection is refused by the store and the push is queued."""
+    key, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    endpoint = s3_env["endpoint"]
+    settings = tidal_env({"version": {"push_attempts": 1, "backoff_s": 0.0}})
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TIDAL_S3_ENDPOINT", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    layout = StorageLayout(settings.home).ensure()
+
+    def connection(password: str) -> str:
+        return json.dumps({"conn_type": "aws", "login": key, "password": password,
+                           "extra": {"endpoint_url": endpoint}})
+
+    monkeypatch.setenv("AIRFLOW_CONN_TIDAL_S3", connection("not-the-secret"))
+    promote(layout, "run-1", b"weights-conn")
+    refused = run_version(settings, "run-1")
+    assert refused["status"] == "queued" and [e["version"] for e in outbox_entries(settings)] == ["v000001"]
+
+    monkeypatch.setenv("AIRFLOW_CONN_TIDAL_S3", connection(secret))
+    pushed = drain_outbox(settings, force=True)
+    assert pushed == [{"version": "v000001", "status": "pushed", "md5": refused["md5"]}]
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_env["bucket"], Prefix=s3_env["prefix"] + "/")["Contents"]]
+    md5 = hashlib.md5(b"weights-conn").hexdigest()
+    assert f"{s3_env['prefix']}/files/md5/{md5[:2]}/{md5[2:]}" in keys
+    assert "AWS" not in (layout.root / ".dvc" / "config").read_text()  # nothing secret written to DVC's config
