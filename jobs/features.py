@@ -25,6 +25,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from jobs.feature_state import (ENTITY_STATE_SCHEMA, entity_features, flag_outliers, item_content_features,
+                                update_entity_state)
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout, atomic_write_json, read_json, write_step_summary
 
@@ -232,9 +234,12 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     classified = dedupe_with_watermark(parsed, seen, watermark).persist()
 
     # All the counts in one pass over the cached frame.
+    # Times only over accepted rows: a quarantined one can be any timestamp (year 10000 was found by fuzzing), which
+    # Python's datetime cannot hold, and one such record must not stop the batch.
+    accepted_time = F.when(F.col("status") == "accepted", F.col("event_time"))
     stats = classified.groupBy("status", "quarantine_reason").agg(
-        F.count("*").alias("n"), F.min("event_time").alias("lo"), F.max("event_time").alias("hi"),
-        F.max(F.col("event_time").cast("double")).alias("hi_s"), F.collect_set("source_file").alias("files")).collect()
+        F.count("*").alias("n"), F.min(accepted_time).alias("lo"), F.max(accepted_time).alias("hi"),
+        F.max(accepted_time.cast("double")).alias("hi_s"), F.collect_set("source_file").alias("files")).collect()
     accepted_stats = next((r for r in stats if r["status"] == "accepted"), None)
     # Epoch seconds, not the collected datetime: that one is naive, in the Python process's local zone.
     batch_max = datetime.fromtimestamp(accepted_stats["hi_s"], tz=timezone.utc) if accepted_stats else None
@@ -247,8 +252,25 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     bronze = accepted.select("event_id", "user_id", "item_id", "event_type", "value", "event_time", "context",
                              "source_file", "batch_id", F.to_date("event_time").alias("event_date"))
     bronze.write.mode("overwrite").partitionBy("event_date", "batch_id").parquet(str(layout.bronze_events))
-    training_examples(accepted, params.features.event_type_weights).write.mode("overwrite").parquet(
-        str(layout.examples_batch(batch_id)))
+    # Outliers (bots, scrapers) stay in bronze but leave the training examples and the entity state.
+    fp = params.features
+    flagged_users, flagged_items = flag_outliers(accepted, fp.outlier_z, fp.outlier_min_events)
+    bot_users = sorted(r.user_id for r in flagged_users.collect())
+    bot_items = sorted(r.item_id for r in flagged_items.collect())
+    training = accepted.filter(~F.col("user_id").isin(bot_users) & ~F.col("item_id").isin(bot_items))
+    # Entity state: the previous batch's snapshot + this batch -> this batch's snapshot (never all history).
+    state_dir = layout.feature_state / "entities"
+    previous_state = latest_snapshot_before(state_dir, batch_id)
+    state = update_entity_state(spark.read.parquet(str(previous_state)) if previous_state else
+                                spark.createDataFrame([], ENTITY_STATE_SCHEMA), training, fp.half_life_s)
+    state.write.mode("overwrite").parquet(str(state_dir / f"batch_id={batch_id}"))
+    examples = entity_features(training_examples(training, fp.event_type_weights),
+                               spark.read.parquet(str(state_dir / f"batch_id={batch_id}")), fp.half_life_s,
+                               params.base.event_types)
+    items_csv = layout.landing_items / "items.csv"
+    if items_csv.exists():
+        examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))
+    examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
     quarantined.write.mode("overwrite").parquet(str(layout.quarantine_events / f"batch_id={batch_id}"))
     # The next batch's dedupe state: the ids still above the new watermark, so the state stays bounded by the
     # allowed lateness rather than growing with history.
@@ -270,15 +292,25 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
         "event_time_min": accepted_stats["lo"].isoformat() if accepted_stats else None,
         "event_time_max": accepted_stats["hi"].isoformat() if accepted_stats else None,
         "examples_path": str(layout.examples_batch(batch_id)),
+        "outlier_users": bot_users,
+        "outlier_items": bot_items,
+        "outlier_events_excluded": count["accepted"] - examples_count(layout, batch_id),
         "max_event_time": new_max.isoformat() if new_max else None,
         "watermark": watermark.isoformat() if watermark else None,
     }
     atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
     # A replay of this batch reads the snapshot before it, so only snapshots older than that one can go.
-    for old_snapshot in seen_dir.glob("batch_id=*"):
+    for old_snapshot in [*seen_dir.glob("batch_id=*"), *state_dir.glob("batch_id=*")]:
         if int(old_snapshot.name.split("=")[1]) < batch_id - 1:
             shutil.rmtree(old_snapshot, ignore_errors=True)
     return manifest
+
+
+def examples_count(layout: StorageLayout, batch_id: int) -> int:
+    """Rows in a written examples batch, from the Parquet footers (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in layout.examples_batch(batch_id).glob("*.parquet"))
 
 
 def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
@@ -385,6 +417,8 @@ def summarize_batches(manifests: list[dict], seconds: float) -> dict[str, Any]:
         "quarantined": sum(m["quarantined"] for m in manifests),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "duplicates": sum(m["duplicates"] for m in manifests),
+        "outlier_events_excluded": sum(m.get("outlier_events_excluded", 0) for m in manifests),
+        "outlier_users": sorted({u for m in manifests for u in m.get("outlier_users", [])}),
         "seconds": round(seconds, 2),
     }
     # The reconciliation every downstream reader relies on; a mismatch is a bug, never a data problem.

@@ -48,6 +48,9 @@ class FeaturesParams(_Section):
     event_type_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 2.0}
     max_files_per_trigger: int = Field(1000, ge=1)
     allowed_lateness_s: int = Field(172800, ge=0, description="events older than the newest seen minus this are late")
+    half_life_s: float = Field(604800.0, gt=0, description="half-life of the decayed user/item/type counts")
+    outlier_z: float = Field(6.0, gt=0, description="robust z (median/MAD of log rates) above which an entity is flagged")
+    outlier_min_events: int = Field(50, ge=1, description="fewest events in a batch for an entity to be flagged")
     spark_master: str = "local[2]"
     shuffle_partitions: int = Field(4, ge=1)
 

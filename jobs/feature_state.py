@@ -1,0 +1,139 @@
+"""feature_state: per-entity features kept under features/state/, updated per micro-batch, and the outlier rule.
+
+Pure DataFrame -> DataFrame functions (tested on local[1]); `jobs.features` wires them into each micro-batch and
+writes each batch's new state as a snapshot keyed by its batch id (a replay rewrites its own snapshot from the
+previous one, so state is updated incrementally and never recomputed over all history).
+
+- Decayed counts: count(t) = count(t0) * 2^(-(t - t0) / half_life) + sum over new events e of
+  2^(-(t - t_e) / half_life), with t = the newest event time of the entity. Per user and per item.
+- Recency: the entity's last event time (seconds since it is part of each example: `user_recency_s`).
+- Event-type mix: the user's decayed count per event type, as shares.
+
+Outliers (bots, scrapers): within a micro-batch, per user x = log1p(events); robust z = 0.6745 (x - median) / MAD
+(Iglewicz & Hoaglin); a user is flagged when z > `features.outlier_z` and it has at least
+`features.outlier_min_events` events. Items are flagged when at least that many events came more than half from
+flagged users (the items a bot drove); not on raw counts, which are heavy-tailed by nature (a popular item is not
+a bot). Flagged
+entities' events stay in bronze but are left out of the training examples and counted in the batch manifest.
+"""
+
+from __future__ import annotations
+
+import math
+
+ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double"
+SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids are JSON strings, control chars aside)
+LN2 = math.log(2.0)
+
+
+def robust_z(frame, column: str):
+    """frame with `column` -> the same with `z` = 0.6745 (x - median) / MAD. When MAD is 0 (over half the entities
+    share one value, e.g. one event per user on most items) the mean absolute deviation stands in,
+    z = (x - median) / (1.2533 * meanAD) (Iglewicz & Hoaglin); if that is 0 too, nothing stands out: z = 0."""
+    from pyspark.sql import functions as F
+
+    med = frame.agg(F.percentile_approx(column, 0.5, 10000).alias("_med"))
+    with_med = frame.crossJoin(med)
+    deviation = F.abs(F.col(column) - F.col("_med"))
+    spread = with_med.agg(F.percentile_approx(deviation, 0.5, 10000).alias("_mad"), F.avg(deviation).alias("_meanad"))
+    centred = F.col(column) - F.col("_med")
+    return (with_med.crossJoin(spread)
+            .withColumn("z", F.when(F.col("_mad") > 0, 0.6745 * centred / F.col("_mad"))
+                        .when(F.col("_meanad") > 0, centred / (1.253314 * F.col("_meanad")))
+                        .otherwise(F.lit(0.0)))
+            .drop("_med", "_mad", "_meanad"))
+
+
+def flag_outliers(events_df, z_threshold: float, min_events: int):
+    """Accepted events -> DataFrames of flagged `users` (user_id, events, z) and `items` (item_id, events, bot_share).
+
+    Users: robust z of log1p(events in the batch) above `z_threshold`, with at least `min_events` events. Items: at
+    least `min_events` events, more than half of them from flagged users (the items a bot or scraper drove). Raw
+    item counts are heavy-tailed by nature, so a z-score on them would flag the catalogue's head, not abuse."""
+    from pyspark.sql import functions as F
+
+    users = events_df.groupBy("user_id").agg(F.count("*").alias("events")) \
+        .withColumn("x", F.log1p(F.col("events")))
+    users = robust_z(users, "x").filter((F.col("z") > z_threshold) & (F.col("events") >= min_events)) \
+        .select("user_id", "events", "z")
+    by_bot = events_df.join(users.select("user_id", F.lit(1).alias("_bot")), "user_id", "left")
+    items = by_bot.groupBy("item_id").agg(F.count("*").alias("events"),
+                                          (F.count("_bot") / F.count("*")).alias("bot_share")) \
+        .filter((F.col("events") >= min_events) & (F.col("bot_share") > 0.5))
+    return users, items
+
+
+def update_decayed_state(state_df, events_df, key: str, half_life_s: float):
+    """Entity state (key, decayed_count, last_event_s) + this batch's events -> the new state for every entity.
+
+    Each batch only touches the entities it saw; the others keep their row (their decay is applied when read,
+    relative to the reader's time, so an idle entity costs nothing per batch)."""
+    from pyspark.sql import functions as F
+
+    rate = LN2 / half_life_s
+    t = F.col("event_time").cast("double")
+    batch = events_df.select(F.col(key).alias("key"), t.alias("t")) \
+        .groupBy("key").agg(F.max("t").alias("batch_last"), F.collect_list("t").alias("ts"))
+    merged = state_df.join(batch, "key", "full_outer")
+    last = F.greatest(F.coalesce("last_event_s", "batch_last"), F.coalesce("batch_last", "last_event_s"))
+    old = F.coalesce(F.col("decayed_count"), F.lit(0.0)) * F.exp(-rate * (last - F.coalesce("last_event_s", last)))
+    new = F.coalesce(F.aggregate("ts", F.lit(0.0), lambda acc, x: acc + F.exp(-rate * (last - x))), F.lit(0.0))
+    return merged.select("key", (old + new).alias("decayed_count"), last.alias("last_event_s"))
+
+
+def state_keys(events_df):
+    """Events -> one row per state key each event updates: (key, event_time), key in
+    user<SEP>u, item<SEP>i, type<SEP>u<SEP>event_type. One table holds all three kinds, so a batch writes one snapshot."""
+    from pyspark.sql import functions as F
+
+    def keyed(*parts):
+        return events_df.select(F.concat_ws(SEP, *parts).alias("key"), "event_time")
+
+    return keyed(F.lit("user"), "user_id").unionByName(keyed(F.lit("item"), "item_id")) \
+        .unionByName(keyed(F.lit("type"), "user_id", "event_type"))
+
+
+def update_entity_state(state_df, events_df, half_life_s: float):
+    """The per-batch update of features/state/entities: decayed counts and last event times for every user, item and
+    (user, event type) the batch saw; the rest keep their row."""
+    return update_decayed_state(state_df, state_keys(events_df), "key", half_life_s)
+
+
+def entity_features(examples_df, state_df, half_life_s: float, event_types: tuple[str, ...]):
+    """Each example joined with the state as of the end of its batch: user and item decayed counts (decayed to the
+    example's own time), recency (seconds from the example to the entity's latest event, >= 0: 0 for the entity's
+    newest event) and the user's event-type shares."""
+    from pyspark.sql import functions as F
+
+    rate = LN2 / half_life_s
+    t = F.col("event_time").cast("double")
+    parts = F.split("key", SEP)
+    state = state_df.select(parts.getItem(0).alias("_kind"), parts.getItem(1).alias("_id"),
+                            parts.getItem(2).alias("_type"), "decayed_count", "last_event_s")
+    out = examples_df
+    for kind in ("user", "item"):
+        side = state.filter(F.col("_kind") == kind).select(
+            F.col("_id").alias(f"{kind}_id"), F.col("decayed_count").alias(f"_{kind}_c"),
+            F.col("last_event_s").alias(f"_{kind}_t"))
+        out = out.join(side, f"{kind}_id", "left") \
+            .withColumn(f"{kind}_decayed_count", F.col(f"_{kind}_c") * F.exp(-rate * (t - F.col(f"_{kind}_t")))) \
+            .withColumn(f"{kind}_recency_s", F.greatest(F.col(f"_{kind}_t") - t, F.lit(0.0)))
+    mix = state.filter(F.col("_kind") == "type").groupBy(F.col("_id").alias("user_id")) \
+        .pivot("_type", list(event_types)).agg(F.first("decayed_count"))
+    total = sum((F.coalesce(F.col(e), F.lit(0.0)) for e in event_types), F.lit(0.0))
+    mix = mix.select("user_id", *[(F.coalesce(F.col(e), F.lit(0.0)) / total).alias(f"user_share_{e}")
+                                  for e in event_types])
+    out = out.join(mix, "user_id", "left")
+    return out.drop(*[c for c in out.columns if c.startswith("_")])
+
+
+def item_content_features(examples_df, items_df):
+    """Examples + item metadata (item_id, categories "a|b", title) -> item_categories, item_n_categories,
+    item_title_length; items without metadata get nulls (cold start falls back to popularity)."""
+    from pyspark.sql import functions as F
+
+    content = items_df.select(
+        "item_id", F.col("categories").alias("item_categories"),
+        F.size(F.split(F.col("categories"), r"\|")).alias("item_n_categories"),
+        F.length(F.col("title")).alias("item_title_length"))
+    return examples_df.join(content, "item_id", "left")
