@@ -137,26 +137,36 @@ def test_sigkill_at_several_points_then_rerun_matches_an_uninterrupted_run(refer
     out, _ = final.communicate(timeout=180)
     assert final.returncode == 0, out.decode()[-3000:]
 
-    # Every batch's manifest exists once and the totals reconcile with the uninterrupted run's. (Whether the
-    # source also plans a batch of its own for the zero-byte file, which it reads as no rows, depends on how its
-    # listing was cut by the kills; such a batch lands nothing, so only batches that landed records are compared.)
-    got = {b: m for b, m in manifests(home).items() if m["landed"]}
-    want = {b: m for b, m in manifests(ref_home).items() if m["landed"]}
-    assert sorted(got) == sorted(want) == list(range(FILES))
-    for key in ("landed", "accepted", "quarantined", "duplicates", "quarantine_reasons", "files"):
-        assert [got[b][key] if key != "files" else [Path(f).name for f in got[b][key]] for b in got] == \
-               [want[b][key] if key != "files" else [Path(f).name for f in want[b][key]] for b in want], key
+    # How a restarted stream cuts the files into micro-batches can differ from the uninterrupted run (after a kill
+    # Spark may plan two files into one batch), so compare totals and per-event content, not batch composition.
+    got, want = manifests(home), manifests(ref_home)
+    for key in ("landed", "accepted", "quarantined", "duplicates"):
+        assert sum(m[key] for m in got.values()) == sum(m[key] for m in want.values()), key
+    files = sorted(Path(f).name for m in got.values() for f in m["files"])
+    assert files == sorted(Path(f).name for m in want.values() for f in m["files"])  # each file in exactly one batch
+    reasons = {}
+    for m in got.values():
+        for r, n in m["quarantine_reasons"].items():
+            reasons[r] = reasons.get(r, 0) + n
+    assert reasons == {"empty_file": 1, "malformed_json": FILES}
     landed = sum(m["landed"] for m in got.values())
     assert landed == FILES * (EVENTS_PER_FILE + 1) + (FILES - 1) + 1  # events + bad lines + re-sent events + empty file
     assert landed == sum(m["accepted"] + m["quarantined"] + m["duplicates"] for m in got.values())
-    assert sum(m["quarantine_reasons"].get("empty_file", 0) for m in manifests(home).values()) == 1
     assert sum(m["duplicates"] for m in got.values()) == FILES - 1
 
-    # Content: no event lost, none written twice, row for row the same as the uninterrupted run.
+    # Content: no event lost, none written twice, the same per-event values as the uninterrupted run.
     state, ref_state = final_state(home), final_state(ref_home)
     assert state["bronze"]["event_id"].is_unique and len(state["bronze"]) == FILES * EVENTS_PER_FILE
-    for name in ("bronze", "examples", "quarantine"):
-        pd.testing.assert_frame_equal(state[name], ref_state[name], check_dtype=False, obj=name)
+    per_event = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "event_weight"]
+    pd.testing.assert_frame_equal(state["bronze"].drop(columns=["batch_id"]), ref_state["bronze"].drop(columns=["batch_id"]),
+                                  check_dtype=False, obj="bronze")
+    pd.testing.assert_frame_equal(state["examples"][per_event], ref_state["examples"][per_event], check_dtype=False,
+                                  obj="examples")
+    quarantine_cols = ["line_number", "quarantine_reason", "raw_record"]
+    pd.testing.assert_frame_equal(
+        state["quarantine"][quarantine_cols].sort_values(quarantine_cols[:1] + ["raw_record"]).reset_index(drop=True),
+        ref_state["quarantine"][quarantine_cols].sort_values(quarantine_cols[:1] + ["raw_record"]).reset_index(drop=True),
+        check_dtype=False, obj="quarantine")
     # The stale partial output of killed attempts was replaced, not left beside the replay.
-    assert sorted(p.name for p in examples_dir.glob("batch_id=*"))[:FILES] == [f"batch_id={b}" for b in range(FILES)]
     assert all((p / "_SUCCESS").exists() for p in examples_dir.glob("batch_id=*"))
+    assert sorted(int(p.name.split("=")[1]) for p in examples_dir.glob("batch_id=*")) == sorted(got)
