@@ -321,7 +321,9 @@ def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
       `features.allowed_lateness_s`) is quarantined as "late": the state no longer holds ids that old, so it could
       not be told from a duplicate, and dropping it silently is not allowed.
     - A late event inside the allowed lateness is accepted like any other.
-    - A duplicate is the same event_id earlier in this batch (stable order: event time, file, line) or in the state.
+    - A duplicate is the same event_id delivered earlier: in an earlier batch (the state), or earlier in this batch
+      (file name, then line). First delivery wins, whatever the copies' event times, so the outcome does not depend
+      on how a restarted stream groups files into micro-batches.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -332,7 +334,7 @@ def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
                    & (F.col("event_time") < F.lit(watermark.timestamp()).cast("timestamp")))
         df = df.withColumn("quarantine_reason", F.when(is_late, F.lit("late")).otherwise(F.col("quarantine_reason")))
     is_valid = F.col("quarantine_reason").isNull()
-    first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("event_time", "source_file", "line_number")
+    first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("source_file", "line_number")
     ranked = df.withColumn("_rank", F.row_number().over(first_in_batch))
     seen = seen_df.select("event_id").distinct().withColumn("_seen", F.lit(True))
     ranked = ranked.join(seen, "event_id", "left")
