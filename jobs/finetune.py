@@ -71,6 +71,16 @@ def drift_reference_sample(examples: pd.DataFrame, features: tuple[str, ...], ma
     return sample.sample(n=max_rows, random_state=seed) if len(sample) > max_rows else sample
 
 
+def stage_candidate(registry: Registry, run_id: str, result) -> tuple[Path, bool]:
+    """A fresh candidate folder for the run, with the model saved only if its loss and weights are finite: a
+    NaN/Inf model is never written where promotion could pick it up. Shared by fine-tune and full retrain."""
+    candidate_dir = registry.new_candidate_dir(run_id)
+    finite = bool(result.finite and result.checkpoint.weights_finite())
+    if finite:
+        result.checkpoint.save(candidate_dir / MODEL_FILE)
+    return candidate_dir, finite
+
+
 def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = None) -> dict[str, Any]:
     from models.recommender import Checkpoint, train
 
@@ -110,10 +120,7 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
     result = train(training[TRAINING_COLUMNS], cfg=cfg, init_from=init_from, anchor=anchor, replay=replay,
                    items=load_item_metadata(layout), progress=lambda msg: print(f"[finetune] {msg}", flush=True))
 
-    candidate_dir = registry.new_candidate_dir(run_id)
-    finite = bool(result.finite and result.checkpoint.weights_finite())
-    if finite:
-        result.checkpoint.save(candidate_dir / MODEL_FILE)
+    candidate_dir, finite = stage_candidate(registry, run_id, result)
     holdout.to_parquet(candidate_dir / HOLDOUT_FILE, index=False)
     if production:
         shutil.copyfile(production.path / REFERENCE_FILE, candidate_dir / REFERENCE_FILE)

@@ -149,7 +149,7 @@ def validate_training_set(settings: Settings, run_id: str, built: dict[str, Any]
 def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], request: dict[str, Any],
                        reports_dir: Path | None = None) -> dict[str, Any]:
     from jobs.datasets import TRAINING_COLUMNS, load_item_metadata
-    from jobs.finetune import code_version, drift_reference_sample, split_holdout, train_config
+    from jobs.finetune import code_version, drift_reference_sample, split_holdout, stage_candidate, train_config
     from models.recommender import train
 
     layout = StorageLayout(settings.home)
@@ -163,10 +163,7 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
     production = registry.production()
     result = train(training[TRAINING_COLUMNS], cfg=cfg, init_from=None, anchor=None, replay=None,
                    items=load_item_metadata(layout), progress=lambda msg: print(f"[retrain] {msg}", flush=True))
-    candidate_dir = registry.new_candidate_dir(run_id)
-    finite = bool(result.finite and result.checkpoint.weights_finite())
-    if finite:
-        result.checkpoint.save(candidate_dir / MODEL_FILE)
+    candidate_dir, finite = stage_candidate(registry, run_id, result)
     holdout.drop(columns=["batch_id"]).to_parquet(candidate_dir / HOLDOUT_FILE, index=False)
     # The new drift reference: a sample of what this model learned from.
     # Every column the drift tests read (numeric and, where configured, categorical features).
