@@ -99,7 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=Path, default=None,
                         help="optional item metadata: item_id, categories ('a|b'), [title]; or MovieLens movies.csv")
     parser.add_argument("--out", required=True, type=Path, help="directory for prequential.{json,md,png}")
+    parser.add_argument("--seeds", type=_seed_list, default=Protocol().seeds,
+                        help="comma-separated training seeds, each a full replay (default: 0,1,2); more seeds "
+                             "narrow the spread of the means, at one replay's CPU each")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes running seeds in parallel (default: one per core, at most one per seed)")
     return parser
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers joined by commas, e.g. 0,1,2; got {text!r}")
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must be distinct non-negative integers; got {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     interactions = load_interactions(args.interactions)
     items = load_items(args.items) if args.items else None
     dataset = "/".join(args.interactions.resolve().parts[-2:])
-    workers = max(1, min(len(Protocol().seeds), os.cpu_count() or 1))
-    report = run_prequential(interactions, items, cfg=TrainConfig(), protocol=Protocol(workers=workers),
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit("tidal evaluate prequential: --workers must be at least 1")
+    workers = args.workers or max(1, min(len(args.seeds), os.cpu_count() or 1))
+    report = run_prequential(interactions, items, cfg=TrainConfig(), protocol=Protocol(seeds=args.seeds, workers=workers),
                              dataset=dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "tidal evaluate prequential " + " ".join(sys.argv[1:] if argv is None else argv)

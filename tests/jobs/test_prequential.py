@@ -51,3 +51,13 @@ def test_end_to_end_on_generic_schema_with_iso_timestamps(tmp_path, monkeypatch)
     md = (out / "prequential.md").read_text()
     assert all(f"| {name} |" in md for name in STRATEGIES)
     assert (out / "prequential.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeds_option_parses_lists_and_refuses_bad_ones_before_any_work():
+    from jobs.prequential import build_parser
+
+    args = build_parser().parse_args(["--interactions", "x.csv", "--out", "o", "--seeds", "3,1,4"])
+    assert args.seeds == (3, 1, 4)
+    for bad in ("1,1", "a,b", "-1"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--interactions", "x.csv", "--out", "o", "--seeds", bad])
