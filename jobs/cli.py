@@ -14,6 +14,7 @@ import sys
 STEP_COMMANDS = {
     "generate": ("jobs.generate", "append synthetic interaction files to landing/events"),
     "features": ("jobs.features", "Spark streaming: new landing files -> bronze, examples, quarantine"),
+    "compact": ("jobs.compact", "compact closed bronze dates into a few files (features does it after each run)"),
     "validate": ("jobs.validate", "Great Expectations on a run's new examples, with Data Docs"),
     "drift": ("jobs.drift", "KS drift test of new examples against the production reference"),
     "finetune": ("jobs.finetune", "fine-tune a candidate from production (or train the first model)"),

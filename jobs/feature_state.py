@@ -9,6 +9,13 @@ previous one, so state is updated incrementally and never recomputed over all hi
 - Recency: the entity's last event time (seconds since it is part of each example: `user_recency_s`).
 - Event-type mix: the user's decayed count per event type, as shares.
 
+- Item popularity over sliding windows: per (item, time bucket of `features.popularity_bucket_s`) event counts,
+  kept under features/state/item_buckets/. `item_events_last_<w>s` of an example at time t is the item's events in
+  the buckets b with B - w/bucket < b <= B, B = floor(t / bucket): a window of w seconds ending at the example's
+  bucket, read from the state as of the end of its batch (so it counts the example itself). Buckets older than the
+  longest window plus the allowed lateness before the newest bucket are dropped: only an event that much older than
+  the newest would need them, and from the next batch on the watermark quarantines such events as late.
+
 Outliers (bots, scrapers): within a micro-batch, per user x = log1p(events); robust z = 0.6745 (x - median) / MAD
 (Iglewicz & Hoaglin); a user is flagged when z > `features.outlier_z` and it has at least
 `features.outlier_min_events` events. Items are flagged when at least that many events came more than half from
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 
 ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double"
+ITEM_BUCKET_STATE_SCHEMA = "item_id string, bucket long, events long"
 SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids are JSON strings, control chars aside)
 LN2 = math.log(2.0)
 
@@ -137,3 +145,41 @@ def item_content_features(examples_df, items_df):
         F.size(F.split(F.col("categories"), r"\|")).alias("item_n_categories"),
         F.length(F.col("title")).alias("item_title_length"))
     return examples_df.join(content, "item_id", "left")
+
+
+def popularity_column(window_s: int) -> str:
+    return f"item_events_last_{window_s}s"
+
+
+def update_item_buckets(state_df, events_df, bucket_s: int, keep_s: int):
+    """Item bucket state (item_id, bucket, events) + this batch's events -> the new state.
+
+    Counts add up per (item, bucket); then buckets more than `keep_s` before the newest bucket (of the state and
+    the batch together) are dropped, so the state is bounded by the window, not by history."""
+    from pyspark.sql import functions as F
+
+    batch = events_df.groupBy("item_id", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long")
+                              .alias("bucket")).agg(F.count("*").alias("events"))
+    merged = state_df.unionByName(batch).groupBy("item_id", "bucket").agg(F.sum("events").cast("long").alias("events"))
+    newest = merged.agg(F.max("bucket").alias("_newest"))
+    return (merged.crossJoin(newest).filter(F.col("bucket") > F.col("_newest") - keep_s // bucket_s)
+            .drop("_newest"))
+
+
+def item_window_popularity(examples_df, bucket_state_df, bucket_s: int, windows_s: tuple[int, ...]):
+    """Examples + item bucket state -> the same with one `item_events_last_<w>s` column per window (0 when the item
+    has no events in it, which cannot happen for an example read against its own batch's state)."""
+    from pyspark.sql import functions as F
+
+    with_bucket = examples_df.withColumn(
+        "_bucket", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long"))
+    keys = with_bucket.select("item_id", "_bucket").distinct()
+    buckets = bucket_state_df.select("item_id", F.col("bucket").alias("_b"), F.col("events").alias("_n"))
+    joined = keys.join(buckets, "item_id").filter(F.col("_b") <= F.col("_bucket"))
+    sums = joined.groupBy("item_id", "_bucket").agg(*[
+        F.sum(F.when(F.col("_b") > F.col("_bucket") - w // bucket_s, F.col("_n")).otherwise(0)).alias(popularity_column(w))
+        for w in windows_s])
+    out = with_bucket.join(sums, ["item_id", "_bucket"], "left")
+    for w in windows_s:
+        out = out.withColumn(popularity_column(w), F.coalesce(F.col(popularity_column(w)), F.lit(0)).cast("long"))
+    return out.drop("_bucket")

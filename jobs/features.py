@@ -25,8 +25,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from jobs.feature_state import (ENTITY_STATE_SCHEMA, entity_features, flag_outliers, item_content_features,
-                                update_entity_state)
+from jobs.compact import compact_bronze
+from jobs.feature_state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, entity_features, flag_outliers,
+                                item_content_features, item_window_popularity, update_entity_state,
+                                update_item_buckets)
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout, atomic_write_json, read_json, write_step_summary
 
@@ -249,8 +251,11 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     accepted = classified.filter(F.col("status") == "accepted")
     quarantined = classified.filter(F.col("status") == "quarantined").select(
         "batch_id", "source_file", "line_number", "quarantine_reason", F.col("line").alias("raw_record"))
+    # batch_id (a folder) is the unit a replay overwrites; ingest_batch_id (a column) is the batch that accepted the
+    # row, and survives compaction, which merges a closed date's batch folders into one (jobs.compact).
     bronze = accepted.select("event_id", "user_id", "item_id", "event_type", "value", "event_time", "context",
-                             "source_file", "batch_id", F.to_date("event_time").alias("event_date"))
+                             "source_file", F.lit(batch_id).cast("int").alias("ingest_batch_id"), "batch_id",
+                             F.to_date("event_time").alias("event_date"))
     bronze.write.mode("overwrite").partitionBy("event_date", "batch_id").parquet(str(layout.bronze_events))
     # Outliers (bots, scrapers) stay in bronze but leave the training examples and the entity state.
     fp = params.features
@@ -264,9 +269,18 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     state = update_entity_state(spark.read.parquet(str(previous_state)) if previous_state else
                                 spark.createDataFrame([], ENTITY_STATE_SCHEMA), training, fp.half_life_s)
     state.write.mode("overwrite").parquet(str(state_dir / f"batch_id={batch_id}"))
+    # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way.
+    buckets_dir = layout.feature_state / "item_buckets"
+    previous_buckets = latest_snapshot_before(buckets_dir, batch_id)
+    buckets = update_item_buckets(spark.read.parquet(str(previous_buckets)) if previous_buckets else
+                                  spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA), training,
+                                  fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s)
+    buckets.write.mode("overwrite").parquet(str(buckets_dir / f"batch_id={batch_id}"))
     examples = entity_features(training_examples(training, fp.event_type_weights),
                                spark.read.parquet(str(state_dir / f"batch_id={batch_id}")), fp.half_life_s,
                                params.base.event_types)
+    examples = item_window_popularity(examples, spark.read.parquet(str(buckets_dir / f"batch_id={batch_id}")),
+                                      fp.popularity_bucket_s, fp.popularity_windows_s)
     items_csv = layout.landing_items / "items.csv"
     if items_csv.exists():
         examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))
@@ -300,7 +314,7 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     }
     atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
     # A replay of this batch reads the snapshot before it, so only snapshots older than that one can go.
-    for old_snapshot in [*seen_dir.glob("batch_id=*"), *state_dir.glob("batch_id=*")]:
+    for old_snapshot in [*seen_dir.glob("batch_id=*"), *state_dir.glob("batch_id=*"), *buckets_dir.glob("batch_id=*")]:
         if int(old_snapshot.name.split("=")[1]) < batch_id - 1:
             shutil.rmtree(old_snapshot, ignore_errors=True)
     return manifest
@@ -459,6 +473,8 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
              .trigger(availableNow=True).start())
     query.awaitTermination()
     summary = summarize_batches(read_batch_manifests(layout, batch_ids), time.monotonic() - started)
+    # After the stream has stopped: this job is bronze's only writer, so no batch can write a date being compacted.
+    summary["compaction"] = compact_bronze(spark, settings)
     if reports_dir is not None:
         write_step_summary(reports_dir, "features", summary)
     return summary

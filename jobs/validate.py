@@ -28,6 +28,11 @@ from tidal.storage import StorageLayout, read_json, write_step_summary
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 
 
+# features.examples' row-count $PARAMETERs for a frame that is not a micro-batch (a full retrain's training set):
+# its size is bounded by history, not by recent batches.
+UNBOUNDED_EXAMPLE_ROWS = {"examples_min_rows": 1, "examples_max_rows": None}
+
+
 class ValidationFailed(RuntimeError):
     """The batch is too dirty to train on; the message says what broke and where the report is."""
 
@@ -84,32 +89,40 @@ def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_d
             "row_failures": row_failures, "data_docs": str(docs_dir / "index.html")}
 
 
-def raw_suite_parameters(layout: StorageLayout, settings: Settings, batch_ids: list[int]) -> dict[str, Any]:
-    """The run-time values of events.raw's $PARAMETERs: never `now()`, always what the batches recorded.
+def suite_parameters(layout: StorageLayout, settings: Settings, batch_ids: list[int]) -> dict[str, Any]:
+    """The run-time values of the suites' $PARAMETERs: never `now()`, always what the batches recorded.
 
-    max_timestamp: the latest batch clock (the "now" the features job judged those batches by) + the allowed skew.
-    min_rows/max_rows: validation.row_count_bounds x the median accepted count of up to 10 earlier batches (no
-    history: 1 .. unbounded)."""
+    max_timestamp (events.raw): the latest batch clock (the "now" the features job judged those batches by) + the
+    allowed skew.
+    min_rows/max_rows (events.raw) and examples_min_rows/examples_max_rows (features.examples):
+    validation.row_count_bounds x the median accepted records, resp. training examples (accepted minus outliers),
+    of up to 10 earlier batches that accepted anything; the upper bound is per batch, times the batches validated
+    together. With no history: 1 .. unbounded."""
     from jobs.features import batch_clock_path, latest_manifest_before
 
     clocks = [read_json(batch_clock_path(layout, b))["now_epoch_s"] for b in batch_ids
               if batch_clock_path(layout, b).exists()]
     max_ts = (max(clocks) if clocks else float("inf")) + settings.params.base.max_future_skew_s
-    history, before = [], min(batch_ids)
-    while len(history) < 10:
+    accepted, examples, before = [], [], min(batch_ids)
+    while len(accepted) < 10:
         manifest = latest_manifest_before(layout, before)
         if manifest is None:
             break
         if manifest["accepted"]:
-            history.append(manifest["accepted"])
+            accepted.append(manifest["accepted"])
+            examples.append(manifest["accepted"] - manifest.get("outlier_events_excluded", 0))
         before = manifest["batch_id"]
     low, high = settings.params.validation.row_count_bounds
-    if history:
+
+    def bounds(history: list[int]) -> tuple[int, int | None]:
+        if not history:
+            return 1, None
         median = float(np.median(history))
-        bounds = (max(1, int(median * low)), int(np.ceil(median * high)) * len(batch_ids))
-    else:
-        bounds = (1, None)
-    return {"max_timestamp": max_ts, "min_rows": bounds[0], "max_rows": bounds[1]}
+        return max(1, int(median * low)), int(np.ceil(median * high)) * len(batch_ids)
+
+    (min_rows, max_rows), (ex_min, ex_max) = bounds(accepted), bounds(examples)
+    return {"max_timestamp": max_ts, "min_rows": min_rows, "max_rows": max_rows,
+            "examples_min_rows": ex_min, "examples_max_rows": ex_max}
 
 
 def quarantine_failing_rows(layout: StorageLayout, frames: dict[int, pd.DataFrame], examples: pd.DataFrame,
@@ -158,9 +171,11 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
     counts = summarize_batches(read_batch_manifests(layout, batch_ids), 0.0)
     frames = {b: pd.read_parquet(layout.examples_batch(b)) for b in batch_ids if layout.examples_batch(b).exists()}
     examples = (pd.concat(frames.values(), ignore_index=True) if frames else load_examples(layout, batch_ids))
-    report = validate_examples(examples, load_suite_json(settings.params.validation.suite), reports_dir / "data_docs")
+    parameters = suite_parameters(layout, settings, batch_ids)
+    report = validate_examples(examples, load_suite_json(settings.params.validation.suite), reports_dir / "data_docs",
+                               parameters)
     raw = validate_examples(examples, load_suite_json(settings.params.validation.raw_suite),
-                            reports_dir / "data_docs", raw_suite_parameters(layout, settings, batch_ids))
+                            reports_dir / "data_docs", parameters)
     row_failures = {i: report["row_failures"].get(i, []) + raw["row_failures"].get(i, [])
                     for i in set(report["row_failures"]) | set(raw["row_failures"])}
     report["failed_expectations"] += [{**f, "suite": settings.params.validation.raw_suite}
@@ -174,7 +189,8 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
                "failing_example_rows": report["failing_rows"], "bad_row_share": round(share, 6),
                "max_bad_row_share": threshold, "failed_expectations": report["failed_expectations"],
                "quarantine_reasons": counts["quarantine_reasons"], "data_docs": report["data_docs"],
-               "row_count_bounds": [raw_suite_parameters(layout, settings, batch_ids)[k] for k in ("min_rows", "max_rows")]}
+               "row_count_bounds": [parameters["min_rows"], parameters["max_rows"]],
+               "example_row_count_bounds": [parameters["examples_min_rows"], parameters["examples_max_rows"]]}
     # Failing rows leave the examples whether or not the batch passes: on a pass the rest goes on to training.
     summary["validation_quarantined"] = quarantine_failing_rows(layout, frames, examples, row_failures)
     write_step_summary(reports_dir, "validate", summary)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS_PATH = REPO_ROOT / "params.yaml"
@@ -51,8 +51,21 @@ class FeaturesParams(_Section):
     half_life_s: float = Field(604800.0, gt=0, description="half-life of the decayed user/item/type counts")
     outlier_z: float = Field(6.0, gt=0, description="robust z (median/MAD of log rates) above which an entity is flagged")
     outlier_min_events: int = Field(50, ge=1, description="fewest events in a batch for an entity to be flagged")
+    popularity_windows_s: tuple[int, ...] = Field(
+        (3600, 86400), min_length=1, description="sliding windows of the item_events_last_<w>s popularity features")
+    popularity_bucket_s: int = Field(300, ge=1, description="granularity of the sliding windows (state is per bucket)")
+    bronze_files_per_date: int = Field(1, ge=1, description="files a closed bronze date is compacted into")
     spark_master: str = "local[2]"
     shuffle_partitions: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _windows_are_whole_buckets(self) -> "FeaturesParams":
+        # A window that is not a whole number of buckets would silently be rounded; refuse it instead.
+        bad = [w for w in self.popularity_windows_s if w <= 0 or w % self.popularity_bucket_s]
+        if bad or len(set(self.popularity_windows_s)) != len(self.popularity_windows_s):
+            raise ValueError(f"features.popularity_windows_s must be distinct positive multiples of "
+                             f"features.popularity_bucket_s ({self.popularity_bucket_s}); got {self.popularity_windows_s}")
+        return self
 
 
 class ValidateParams(_Section):

@@ -73,3 +73,37 @@ def test_injected_bot_is_flagged_and_normal_users_are_not(spark):
     assert flagged_items == {"i000297", "i000298", "i000299"}  # tail items the bot drove, not the popular head
     top_user_events = frame.filter(F.col("user_id") != "bot-1").groupBy("user_id").count().agg(F.max("count")).first()[0]
     assert top_user_events < 300 and math.isfinite(top_user_events)
+
+
+def test_sliding_window_item_popularity_counts_the_window_ending_at_each_example(spark):
+    from jobs.feature_state import ITEM_BUCKET_STATE_SCHEMA, item_window_popularity, update_item_buckets
+
+    bucket, windows = 3600, (3600, 3 * 3600)
+    keep = max(windows)
+    # i1: events at 0.5 h, 1.5 h, 2.5 h, 3.5 h (one per hourly bucket 0..3); i2: two at 3.2 h.
+    first = events(spark, [("u1", "i1", "view", 0.5), ("u1", "i1", "view", 1.5)])
+    second = events(spark, [("u2", "i1", "view", 2.5), ("u2", "i1", "click", 3.5), ("u3", "i2", "view", 3.2),
+                            ("u4", "i2", "view", 3.2)])
+    empty = spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA)
+    state1 = update_item_buckets(empty, first, bucket, keep)
+    state2 = update_item_buckets(state1, second, bucket, keep)
+    got = {(r.item_id, r.bucket - int(T0.timestamp()) // bucket): r.events for r in state2.collect()}
+    # Newest bucket is 3; buckets <= 3 - keep/bucket = 0 are dropped: the state is bounded by the window.
+    assert got == {("i1", 1): 1, ("i1", 2): 1, ("i1", 3): 1, ("i2", 3): 2}
+    rows = {r.event_id: r for r in item_window_popularity(second, state2, bucket, windows).collect()}
+    # e0 (i1 at 2.5 h, bucket 2): 1 h window = bucket 2 only; 3 h window = buckets 0..2, but 0 was pruned -> 1 + 1.
+    assert (rows["e0"].item_events_last_3600s, rows["e0"].item_events_last_10800s) == (1, 2)
+    # e1 (i1 at 3.5 h, bucket 3): 1 h -> bucket 3; 3 h -> buckets 1..3.
+    assert (rows["e1"].item_events_last_3600s, rows["e1"].item_events_last_10800s) == (1, 3)
+    assert (rows["e2"].item_events_last_3600s, rows["e2"].item_events_last_10800s) == (2, 2)
+
+
+def test_popularity_windows_must_be_whole_buckets():
+    from pydantic import ValidationError
+
+    from tidal.config import FeaturesParams
+
+    assert FeaturesParams(popularity_windows_s=(600, 3600), popularity_bucket_s=300).popularity_windows_s == (600, 3600)
+    for bad in ((1000,), (600, 600), (0,)):
+        with pytest.raises(ValidationError, match="multiples of features.popularity_bucket_s"):
+            FeaturesParams(popularity_windows_s=bad, popularity_bucket_s=300)

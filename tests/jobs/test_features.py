@@ -258,6 +258,9 @@ def test_second_run_reads_only_the_new_file(feature_runs):
     # counts are per batch, not over history
     assert examples["item_batch_events"].to_dict() == {"b0": 3, "b1": 3, "b2": 3, "late-ok": 1}
     assert examples["user_batch_events"].to_dict() == {"b0": 1, "b1": 1, "b2": 1, "late-ok": 1}
+    # Sliding-window popularity comes from the item bucket state: i9's three events share one 5-minute bucket.
+    assert examples["item_events_last_3600s"].to_dict() == {"b0": 3, "b1": 3, "b2": 3, "late-ok": 1}
+    assert examples["item_events_last_86400s"].to_dict() == {"b0": 3, "b1": 3, "b2": 3, "late-ok": 1}
 
 
 def test_event_beyond_the_allowed_lateness_is_quarantined_as_late_not_dropped(feature_runs):

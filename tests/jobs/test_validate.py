@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from jobs.features import batch_manifest_path
-from jobs.validate import ValidationFailed, load_suite_json, run_validate, validate_examples
+from jobs.validate import UNBOUNDED_EXAMPLE_ROWS, ValidationFailed, load_suite_json, run_validate, validate_examples
 from tidal.storage import StorageLayout, atomic_write_json
 
 TYPES = ["view", "click", "add_to_cart", "purchase", "rating"]
@@ -47,7 +47,7 @@ def test_suite_is_versioned_json_named_after_its_dataset(suite):
 
 
 def test_clean_examples_pass_with_no_failing_rows(suite, tmp_path):
-    report = validate_examples(clean_examples(60), suite, tmp_path / "docs")
+    report = validate_examples(clean_examples(60), suite, tmp_path / "docs", UNBOUNDED_EXAMPLE_ROWS)
     assert report["success"] is True
     assert report["failing_rows"] == 0 and report["failed_expectations"] == []
     assert report["data_docs"] == str(tmp_path / "docs" / "index.html")
@@ -60,7 +60,7 @@ def test_bad_rows_are_counted_once_each_and_documented(suite, tmp_path):
     frame.loc[5, "hour_of_day"] = 24
     frame.loc[7, "event_type"] = "teleport"
     frame.loc[9, ["user_id", "hour_of_day"]] = [None, -1]  # two broken rules, one failing row
-    report = validate_examples(frame, suite, tmp_path / "docs")
+    report = validate_examples(frame, suite, tmp_path / "docs", UNBOUNDED_EXAMPLE_ROWS)
     assert report["success"] is False
     assert report["failing_rows"] == 4
     failed = {(f["expectation"], f["column"]): f["unexpected_count"] for f in report["failed_expectations"]}
@@ -179,7 +179,7 @@ def test_row_level_quarantine_moves_failing_rows_out_and_lets_the_rest_go_on(tid
     assert len(pd.read_parquet(layout.root / "quarantine" / "validation" / "batch_id=1")) == 3
 
 
-def test_row_count_far_above_recent_batches_breaks_the_raw_suite(tidal_env, tmp_path):
+def test_row_count_far_above_recent_batches_breaks_both_suites(tidal_env, tmp_path):
     settings = tidal_env({"validation": {"max_bad_row_share": 0.5}})
     write_batch(settings, 0, clean_examples(10), landed=10, reasons={})
     big = clean_examples(150)
@@ -187,5 +187,40 @@ def test_row_count_far_above_recent_batches_breaks_the_raw_suite(tidal_env, tmp_
     write_batch(settings, 1, big, landed=150, reasons={})
     summary = run_validate(settings, "run-1", [1], tmp_path / "reports")
     assert summary["row_count_bounds"] == [1, 100]
+    assert summary["example_row_count_bounds"] == [1, 100]
+    # events.raw bounds the accepted records, features.examples (suite None here) the training examples.
     assert {(f["expectation"], f.get("suite")) for f in summary["failed_expectations"]} == \
-        {("expect_table_row_count_to_be_between", "events.raw")}
+        {("expect_table_row_count_to_be_between", "events.raw"), ("expect_table_row_count_to_be_between", None)}
+
+
+def test_examples_row_count_far_below_recent_batches_breaks_the_examples_suite(tidal_env, tmp_path):
+    """features.examples bounds the training examples by recent batches' examples (accepted minus outliers)."""
+    settings = tidal_env({"validation": {"max_bad_row_share": 0.5}})
+    for batch_id in range(3):
+        history = clean_examples(100)
+        history["event_id"] = [f"h{batch_id}-{i:04d}" for i in range(100)]
+        write_batch(settings, batch_id, history, landed=100, reasons={})
+    small = clean_examples(8)
+    small["event_id"] = [f"s{i:04d}" for i in range(8)]
+    write_batch(settings, 3, small, landed=8, reasons={})
+    summary = run_validate(settings, "run-1", [3], tmp_path / "reports")
+    assert summary["example_row_count_bounds"] == [10, 1000]
+    failed = {(f["expectation"], f.get("suite"), f["observed_value"]) for f in summary["failed_expectations"]}
+    assert ("expect_table_row_count_to_be_between", None, 8) in failed   # None: the features.examples suite
+
+
+def test_example_row_bounds_follow_training_examples_not_accepted_records(tidal_env, tmp_path):
+    """Batches whose outliers (bots) were left out of the examples set the examples suite's bounds lower."""
+    settings = tidal_env({"validation": {"max_bad_row_share": 0.5}})
+    layout = StorageLayout(settings.home)
+    for batch_id in range(3):
+        history = clean_examples(60)
+        history["event_id"] = [f"h{batch_id}-{i:04d}" for i in range(60)]
+        write_batch(settings, batch_id, history, landed=100, reasons={})
+        manifest = json.loads(batch_manifest_path(layout, batch_id).read_text())
+        atomic_write_json(batch_manifest_path(layout, batch_id), {**manifest, "outlier_events_excluded": 40})
+    write_batch(settings, 3, clean_examples(60), landed=60, reasons={})
+    summary = run_validate(settings, "run-1", [3], tmp_path / "reports")
+    assert summary["row_count_bounds"] == [10, 1000]
+    assert summary["example_row_count_bounds"] == [6, 600]
+    assert summary["failed_expectations"] == []
