@@ -4,14 +4,16 @@ Each micro-batch writes its own folder bronze/events/event_date=D/batch_id=N/ (s
 its own output), with up to `features.shuffle_partitions` files in it: a day of 5-minute cycles leaves hundreds of
 folders and over a thousand small files per date, which every reader of bronze (the full retrain) must list and open.
 
-A date is compacted once it is **closed** and **committed**:
-- closed: the watermark (the newest event time seen minus `features.allowed_lateness_s`) has passed the end of the
-  date, so no new event of that date can be accepted any more (older ones are quarantined as late);
-- committed: every batch in it is recorded in the stream checkpoint's commits/. The newest batch may still be
-  replayed by a restarted stream, which rewrites its own batch_id=N folder; compacting it away first would double it.
+A date is compacted when every batch in it is **committed** (recorded in the stream checkpoint's commits/: an
+uncommitted batch may be replayed by a restarted stream, which rewrites its own batch_id=N folder, and compacting it
+away first would double it) and it holds too many files:
+- a **closed** date (the watermark, the newest event time seen minus `features.allowed_lateness_s`, has passed its
+  end, so no event of it can be accepted any more) more than `features.bronze_files_per_date`;
+- a date still **open** more than `features.bronze_max_files_open_date`: with 5-minute cycles and two days of
+  allowed lateness, three dates are open at any time, and they must not pile up files either.
 
 The date is rewritten as one folder event_date=D/batch_id=<newest batch merged>/ holding
-`features.bronze_files_per_date` files; each row keeps the micro-batch that accepted it in `ingest_batch_id` (a data
+`features.bronze_files_per_date` files (an open date gets new batch folders beside it, merged in again later); each row keeps the micro-batch that accepted it in `ingest_batch_id` (a data
 column every bronze write carries), so lineage survives compaction. The new folder is built under a hidden name
 (`_compacting-...`: Spark and pyarrow skip names starting with _ or .), its row count is checked against the live
 folder, and the two are swapped with one renameat2(RENAME_EXCHANGE): a reader sees the old files or the new ones,
@@ -60,23 +62,21 @@ def current_watermark(layout: StorageLayout, allowed_lateness_s: int) -> datetim
     return datetime.fromisoformat(latest["max_event_time"]) - timedelta(seconds=allowed_lateness_s)
 
 
-def dates_to_compact(bronze: Path, watermark: datetime | None, committed: set[int],
-                     files_per_date: int) -> list[tuple[Path, list[int]]]:
-    """(date folder, its batch ids) for every date that is closed, fully committed and has more files than the
-    target. Pure over the folder listing, so the rule is testable without Spark."""
-    if watermark is None:
-        return []
+def dates_to_compact(bronze: Path, watermark: datetime | None, committed: set[int], files_per_date: int,
+                     max_files_open_date: int) -> list[tuple[Path, list[int]]]:
+    """(date folder, its batch ids) for every fully committed date with more files than it may keep: a closed date
+    more than `files_per_date`, a date still open (events of it can still arrive) more than `max_files_open_date`.
+    The second rule bounds the files of the newest dates too, at one rewrite of the date per that many files.
+    Pure over the folder listing, so the rule is testable without Spark."""
     out = []
     for date_dir in sorted(bronze.glob("event_date=*")):
         day = date.fromisoformat(date_dir.name.split("=", 1)[1])
         end_of_day = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
-        if end_of_day > watermark:
-            continue  # still open: a late event of this date can still be accepted
+        closed = watermark is not None and end_of_day <= watermark
         batches = sorted(int(p.name.split("=", 1)[1]) for p in date_dir.glob("batch_id=*"))
-        files = list(date_dir.glob("batch_id=*/*.parquet"))
-        if len(files) <= files_per_date or not set(batches) <= committed:
-            continue
-        out.append((date_dir, batches))
+        files = len(list(date_dir.glob("batch_id=*/*.parquet")))
+        if files > (files_per_date if closed else max_files_open_date) and set(batches) <= committed:
+            out.append((date_dir, batches))
     return out
 
 
@@ -150,7 +150,8 @@ def compact_bronze(spark, settings: Settings) -> dict[str, Any]:
         shutil.rmtree(leftover, ignore_errors=True)  # a compaction that crashed before its swap
     purged = purge_trash(bronze, time.time())
     watermark = current_watermark(layout, fp.allowed_lateness_s)
-    todo = dates_to_compact(bronze, watermark, committed_batch_ids(layout), fp.bronze_files_per_date)
+    todo = dates_to_compact(bronze, watermark, committed_batch_ids(layout), fp.bronze_files_per_date,
+                            fp.bronze_max_files_open_date)
     done = []
     for date_dir, batches in todo:
         done.append(compact_date(spark, bronze, date_dir, batches, fp.bronze_files_per_date))

@@ -54,9 +54,13 @@ class FeaturesParams(_Section):
     popularity_windows_s: tuple[int, ...] = Field(
         (3600, 86400), min_length=1, description="sliding windows of the item_events_last_<w>s popularity features")
     popularity_bucket_s: int = Field(300, ge=1, description="granularity of the sliding windows (state is per bucket)")
-    bronze_files_per_date: int = Field(1, ge=1, description="files a closed bronze date is compacted into")
+    bronze_files_per_date: int = Field(1, ge=1, description="files a bronze date is compacted into")
+    bronze_max_files_open_date: int = Field(
+        64, ge=1, description="files a bronze date that can still get events may reach before it is compacted")
     spark_master: str = "local[2]"
     shuffle_partitions: int = Field(4, ge=1)
+    spark_driver_memory: str = Field("1g", pattern=r"^[1-9][0-9]*[kmgt]$",
+                                     description="JVM heap of the local Spark driver (spark.driver.memory), e.g. 8g")
 
     @model_validator(mode="after")
     def _windows_are_whole_buckets(self) -> "FeaturesParams":

@@ -129,11 +129,16 @@ def test_dates_to_compact_needs_closed_committed_and_fragmented(tmp_path):
             (bronze / f"event_date={day}" / f"batch_id={b}" / "part-0.parquet").touch()
     watermark = datetime(2026, 11, 3, 12, tzinfo=timezone.utc)
     names = lambda todo: [d.name for d, _ in todo]  # noqa: E731
-    assert names(dates_to_compact(bronze, watermark, {0, 1, 2}, 1)) == ["event_date=2026-11-01", "event_date=2026-11-02"]
-    assert names(dates_to_compact(bronze, watermark, {0, 1}, 1)) == ["event_date=2026-11-01"]  # batch 2 may replay
-    assert names(dates_to_compact(bronze, watermark, {0, 1, 2}, 2)) == []                       # already small enough
-    assert names(dates_to_compact(bronze, datetime(2026, 11, 1, 23, tzinfo=timezone.utc), {0, 1, 2}, 1)) == []
-    assert dates_to_compact(bronze, None, {0, 1, 2}, 1) == []
+    closed_two = ["event_date=2026-11-01", "event_date=2026-11-02"]
+    assert names(dates_to_compact(bronze, watermark, {0, 1, 2}, 1, 64)) == closed_two
+    assert names(dates_to_compact(bronze, watermark, {0, 1}, 1, 64)) == ["event_date=2026-11-01"]  # 2 may replay
+    assert names(dates_to_compact(bronze, watermark, {0, 1, 2}, 2, 64)) == []                      # small enough
+    open_all = datetime(2026, 11, 1, 23, tzinfo=timezone.utc)
+    assert names(dates_to_compact(bronze, open_all, {0, 1, 2}, 1, 64)) == []
+    assert dates_to_compact(bronze, None, {0, 1, 2}, 1, 64) == []
+    # Open dates too, once they pass their own (larger) limit.
+    assert names(dates_to_compact(bronze, open_all, {0, 1, 2}, 1, 1)) == closed_two
+    assert names(dates_to_compact(bronze, None, {0, 1, 2}, 1, 1)) == closed_two
 
 
 def test_exchange_swaps_two_folders_and_trash_is_purged_after_its_grace(tmp_path):
