@@ -17,9 +17,11 @@ The date is rewritten as one folder event_date=D/batch_id=<newest batch merged>/
 column every bronze write carries), so lineage survives compaction. The new folder is built under a hidden name
 (`_compacting-...`: Spark and pyarrow skip names starting with _ or .), its row count is checked against the live
 folder, and the two are swapped with one renameat2(RENAME_EXCHANGE): a reader sees the old files or the new ones,
-never both and never neither. The old folder goes to bronze/events/_trash/ and is deleted `TRASH_GRACE_S` later, so
-a reader that listed the old files just before the swap can still open them. A crash anywhere leaves the live folder
-whole; the next run removes the half-built one and starts that date again.
+never both and never neither. A reader that listed the old files just before the swap cannot open them after it
+(they moved): it fails loudly and must retry, which the full retrain's Airflow task does; it never reads a row twice
+or misses one. The swapped-out folder waits in bronze/events/_trash/ for `TRASH_GRACE_S` (an operator's undo) and
+is then deleted. A crash anywhere leaves the live folder whole; the next run removes the half-built one and starts
+that date again.
 
 It runs at the end of every `tidal features` run (the only writer of bronze, so nothing writes a date while it is
 being compacted), and as `tidal compact` for an operator.
