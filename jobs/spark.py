@@ -6,7 +6,8 @@ import os
 import sys
 
 
-def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "tidal"):
+def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "tidal",
+                  driver_memory: str = "1g"):
     # Imported here so that importing a job module (e.g. from a DAG file) never starts a JVM.
     from pyspark.sql import SparkSession
 
@@ -24,7 +25,8 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         # A replayed micro-batch rewrites only the partitions it owns.
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-        .config("spark.driver.memory", "1g")
+        # Read only when this call starts the JVM (features.spark_driver_memory); a running session keeps its heap.
+        .config("spark.driver.memory", driver_memory)
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
