@@ -147,8 +147,11 @@ def classify_events(lines_df, rules: EventRules):
         F.expr("try_variant_get(_v, '$.value', 'double')").alias("value"),
         F.expr("to_json(variant_get(_v, '$.context', 'variant'))").alias("context"),
     )
-    # event_time: ISO-8601 string, or a number of unix seconds.
-    ts_string = F.expr("try_to_timestamp(try_variant_get(_v, '$.event_time', 'string'))")
+    # event_time: ISO-8601 string, or a number of unix seconds. A string must start with its year: Spark would read
+    # a bare time ("10:15:00") as today's, so the same record would classify differently on another day's replay.
+    time_text = F.expr("try_variant_get(_v, '$.event_time', 'string')")
+    ts_string = F.when(time_text.rlike(r"^\s*[+-]?[0-9]{4}"), F.expr(
+        "try_to_timestamp(try_variant_get(_v, '$.event_time', 'string'))"))
     ts_number = F.expr("timestamp_seconds(try_variant_get(_v, '$.event_time', 'double'))")
     is_number = F.col("_t_event_time").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
     df = df.withColumn("event_time", F.when(is_number, ts_number).otherwise(ts_string))
@@ -156,7 +159,7 @@ def classify_events(lines_df, rules: EventRules):
     numeric_value = F.col("_t_value").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
     checks: list[tuple[Any, Any]] = [
         (F.col("file_reason").isNotNull(), F.col("file_reason")),
-        (F.col("_v").isNull(), F.lit("malformed_json")),
+        (F.col("_v").isNull() | has_trailing_content(F.col("line")), F.lit("malformed_json")),
         (~F.expr("schema_of_variant(_v)").startswith("OBJECT"), F.lit("not_a_json_object")),
     ]
     for name in (*REQUIRED_STRING_FIELDS, "event_time"):
@@ -182,6 +185,19 @@ def classify_events(lines_df, rules: EventRules):
     for condition, label in reversed(checks):
         reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
     return df.withColumn("quarantine_reason", reason).drop("_v", *[c for c in df.columns if c.startswith("_t_")])
+
+
+def has_trailing_content(line):
+    """True where a line holds more than one JSON value: `{...}{...}` or `{...} junk`.
+
+    try_parse_json reads the first value of a line and ignores the rest, so without this check the second of two
+    records glued onto one line would be dropped without a trace. With string literals blanked out (so braces inside
+    strings do not count), a single object starts with '{', ends with '}', and never has '}' followed by '{' without
+    a comma between (two adjacent values are invalid JSON at any depth)."""
+    from pyspark.sql import functions as F
+
+    skeleton = F.trim(F.regexp_replace(line, r'"(?:[^"\\]|\\.)*"', '""'))
+    return skeleton.startswith("{") & (~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{"))
 
 
 def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
@@ -385,7 +401,8 @@ def claim_zero_byte_files(layout: StorageLayout, batch_id: int) -> list[str]:
         claimed[record["path"]] = record["batch_id"]
     mine = []
     for path in sorted(layout.landing_events.glob("*.jsonl")):
-        uri = path.resolve().as_uri().replace("file:///", "file:/")
+        # Spelled as the stream spells its paths (file:/a b/x.jsonl, not percent-encoded), so a file has one key.
+        uri = f"file:{path.resolve()}"
         if path.stat().st_size == 0 and claimed.get(uri, batch_id) == batch_id:
             if uri not in claimed:
                 atomic_write_json(ledger_dir / f"{hashlib.sha1(uri.encode()).hexdigest()}.json",
@@ -483,7 +500,8 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
 def spark_for(settings: Settings):
     from jobs.spark import spark_session
 
-    return spark_session(settings.params.features.spark_master, settings.params.features.shuffle_partitions)
+    fp = settings.params.features
+    return spark_session(fp.spark_master, fp.shuffle_partitions, driver_memory=fp.spark_driver_memory)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,13 +25,13 @@ equivalence test `tests/benchmarks/test_duckdb_features.py` checks the rest):
 - JSON: DuckDB's parser accepts trailing commas, NaN/Infinity and duplicate keys, which Spark's `parse_json`
   refuses. Lines that could hold the first two are re-checked with a strict parser in Python, and duplicate keys
   at the top level are caught in SQL; duplicate keys inside a nested object (e.g. in `context`) are not, so such a
-  line is accepted here and `malformed_json` in Spark. Spark's `try_parse_json` reads the first JSON value of a
-  line and ignores what follows it, so `{...}{...}` (two records on one line) or `{...} junk` is accepted there as
-  its first record; here such a line is `malformed_json`.
+  line is accepted here and `malformed_json` in Spark. `{...}{...}` (two records on one line) and `{...} junk` are
+  `malformed_json` on both sides (Spark's `try_parse_json` alone would read the first value; the job checks for
+  trailing content).
 - Timestamps: DuckDB's string -> TIMESTAMPTZ cast reads ISO-8601 dates and date-times with or without `Z` or an
   offset (+02, +0200, +02:00) as Spark's cast does, and a bare year or year-month is rewritten to match Spark.
-  Spark also accepts a region zone id (`...T10:15:00Europe/Paris`), a '+' before the year and a bare time of day
-  (on today's date), which are `unparseable_event_time` here; DuckDB accepts a time without seconds before `Z`
+  Spark also accepts a region zone id (`...T10:15:00Europe/Paris`) and a '+' before the year, which are
+  `unparseable_event_time` here (a bare time of day is refused on both sides); DuckDB accepts a time without seconds before `Z`
   (`T10:15Z`) and hour 24 (the next day), which Spark refuses.
 - Landing Parquet files are not supported (the benchmark lands JSON Lines only): `run_batch` refuses them rather
   than miscount.
@@ -112,12 +112,9 @@ def blank_sql(text: str) -> str:
 
 def file_uri(path: Path) -> str:
     """The name the Spark job gives a landing file's records, so source_file and the delivery order match: its file
-    source says file:/abs/path (Hadoop's Path, not percent-encoded); a zero-byte file never reaches the stream and
-    is named by the job's ledger (jobs.features.claim_zero_byte_files), a percent-encoded URI."""
-    resolved = path.resolve()
-    if resolved.stat().st_size == 0:
-        return resolved.as_uri().replace("file:///", "file:/")
-    return f"file:{resolved}"
+    source says file:/abs/path (Hadoop's Path, not percent-encoded), and so does the job's ledger of zero-byte
+    files, which never reach the stream (jobs.features.claim_zero_byte_files)."""
+    return f"file:{path.resolve()}"
 
 
 # ---- landing files -> lines ---------------------------------------------------------------------------------

@@ -47,6 +47,13 @@ LINE_CASES: dict[str, tuple[bytes, str | None]] = {
     "valid_iso_with_offset": (line(event_time="2026-11-01T12:15:00+02:00"), None),
     "valid_id_at_max_length": (line(user_id="u" * 16), None),
     "broken_json": (json.dumps(GOOD).encode()[:-7], "malformed_json"),
+    # Two records glued onto one line, or junk after one: the whole line is quarantined, never half accepted.
+    "two_objects_on_one_line": (line() + line(event_id="e-second"), "malformed_json"),
+    "two_objects_with_space": (line() + b"  " + line(event_id="e-second"), "malformed_json"),
+    "trailing_junk": (line() + b" junk", "malformed_json"),
+    "trailing_number": (line() + b" 5", "malformed_json"),
+    "braces_inside_strings_are_fine": (line(context={"note": 'a } { b "} {"'}), None),
+    "bare_time_without_date": (line(event_time="10:15:00"), "unparseable_event_time"),
     "not_an_object_array": (json.dumps([GOOD]).encode(), "not_a_json_object"),
     "not_an_object_scalar": (b"42", "not_a_json_object"),
     "missing_user_id": (line(user_id=...), "missing_user_id"),

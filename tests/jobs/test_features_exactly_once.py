@@ -158,8 +158,12 @@ def test_sigkill_at_several_points_then_rerun_matches_an_uninterrupted_run(refer
     state, ref_state = final_state(home), final_state(ref_home)
     assert state["bronze"]["event_id"].is_unique and len(state["bronze"]) == FILES * EVENTS_PER_FILE
     per_event = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "event_weight"]
-    pd.testing.assert_frame_equal(state["bronze"].drop(columns=["batch_id"]), ref_state["bronze"].drop(columns=["batch_id"]),
-                                  check_dtype=False, obj="bronze")
+    # Batch composition may differ after a kill (see above), so the batch columns are compared only
+    # for consistency: each row's ingest_batch_id is the folder it was written to (nothing was compacted here).
+    assert (state["bronze"]["ingest_batch_id"] == state["bronze"]["batch_id"]).all()
+    batch_columns = ["batch_id", "ingest_batch_id"]
+    pd.testing.assert_frame_equal(state["bronze"].drop(columns=batch_columns),
+                                  ref_state["bronze"].drop(columns=batch_columns), check_dtype=False, obj="bronze")
     pd.testing.assert_frame_equal(state["examples"][per_event], ref_state["examples"][per_event], check_dtype=False,
                                   obj="examples")
     quarantine_cols = ["line_number", "quarantine_reason", "raw_record"]

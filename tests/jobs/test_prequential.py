@@ -16,9 +16,11 @@ TINY = TrainConfig(dim=8, epochs=3, lr=0.05, batch_size=256, negatives=32, finet
                    half_life_days=1.0, pop_half_life_days=1.0)
 
 
-def test_flags_are_exactly_the_issue_s():
+def test_flags_are_the_issue_s_plus_optional_seed_controls():
     options = {a.dest for a in build_parser()._actions if a.dest != "help"}
-    assert options == {"interactions", "items", "out"}
+    assert options == {"interactions", "items", "out", "seeds", "workers"}
+    defaults = build_parser().parse_args(["--interactions", "x.csv", "--out", "o"])
+    assert (defaults.seeds, defaults.workers, defaults.items) == ((0, 1, 2), None, None)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--items", "x.csv"])  # --interactions and --out are required
 
