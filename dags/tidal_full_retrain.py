@@ -20,6 +20,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
+from tidal.task_context import settings_and_reports
+
 SEVERE_DRIFT = Asset("tidal://drift/severe")
 MODEL_POOL = "tidal_model"
 NO_PATH = r"^[^/\\~]*$"
@@ -49,15 +51,6 @@ PARAMS = {
 }
 
 
-def _settings_and_reports():
-    from tidal.config import load_settings
-    from tidal.storage import StorageLayout
-
-    settings = load_settings()
-    run_id = get_current_context()["run_id"]
-    return settings, run_id, StorageLayout(settings.home).ensure().run_reports(run_id)
-
-
 @dag(
     dag_id="tidal_full_retrain",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"), assets=[SEVERE_DRIFT]),
@@ -75,7 +68,7 @@ def tidal_full_retrain():
     def check_request() -> dict:
         from jobs.retrain import check_request as check
 
-        settings, _, _ = _settings_and_reports()
+        settings, _, _ = settings_and_reports()
         context = get_current_context()
         params, run_type = context["params"], str(context["dag_run"].run_type)
         trigger = "schedule" if "scheduled" in run_type else "drift" if "asset" in run_type else "manual"
@@ -87,42 +80,42 @@ def tidal_full_retrain():
     def build_training_set(request: dict) -> dict:
         from jobs.retrain import build_training_set as build
 
-        settings, run_id, _ = _settings_and_reports()
+        settings, run_id, _ = settings_and_reports()
         return build(settings, run_id, request["history_days"])
 
     @task(retries=0)
     def validate(built: dict) -> dict:
         from jobs.retrain import validate_training_set
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return validate_training_set(settings, run_id, built, reports)
 
     @task(pool=MODEL_POOL)
     def train(built: dict, request: dict) -> dict:
         from jobs.retrain import train_from_scratch
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return train_from_scratch(settings, run_id, built, request, reports)
 
     @task(pool=MODEL_POOL)
     def gate() -> dict:
         from jobs.gate import run_gate
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_gate(settings, run_id, reports)
 
     @task(pool=MODEL_POOL)
     def promote(gate_summary: dict, request: dict) -> dict:
         from jobs.retrain import promote_or_register
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return promote_or_register(settings, run_id, gate_summary, request, reports)
 
     @task
     def version() -> dict:
         from jobs.version import run_version
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_version(settings, run_id, reports)
 
     request = check_request()

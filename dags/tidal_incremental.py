@@ -15,7 +15,9 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
+
+from tidal.task_context import settings_and_reports
 
 # The schedule is read from the environment (no params.yaml parsing at DAG-parse time); default 5 minutes.
 EVERY_MINUTES = int(os.environ.get("TIDAL_INCREMENTAL_EVERY_MINUTES", "5"))
@@ -25,15 +27,6 @@ Each run writes its step summaries to `$TIDAL_HOME/reports/runs/<run id>/`: `fea
 (with the Data Docs path), `drift.json` and `drift.png`, `finetune.json`, `gate.json`, `promote.json`,
 `version.json`. A failed gate leaves production untouched and is recorded in `registry/events.jsonl`.
 """
-
-
-def _settings_and_reports():
-    from tidal.config import load_settings
-    from tidal.storage import StorageLayout
-
-    settings = load_settings()
-    run_id = get_current_context()["run_id"]
-    return settings, run_id, StorageLayout(settings.home).ensure().run_reports(run_id)
 
 
 @dag(
@@ -52,7 +45,7 @@ def tidal_incremental():
     def features() -> dict:
         from jobs.features import run_features
 
-        settings, _, reports = _settings_and_reports()
+        settings, _, reports = settings_and_reports()
         return run_features(settings, reports)
 
     # A dirty batch stays dirty on retry: fail at once with the report path.
@@ -60,14 +53,14 @@ def tidal_incremental():
     def validate(features_summary: dict) -> dict:
         from jobs.validate import run_validate
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_validate(settings, run_id, features_summary["batch_ids"], reports)
 
     @task
     def drift(features_summary: dict) -> dict:
         from jobs.drift import run_drift
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_drift(settings, run_id, features_summary["batch_ids"], reports)
 
     # The graded drift response (jobs.drift decides the level; this only routes it): none -> nothing; mild -> the
@@ -89,28 +82,28 @@ def tidal_incremental():
     def finetune() -> dict:
         from jobs.finetune import run_finetune
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_finetune(settings, run_id, reports)
 
     @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
     def gate() -> dict:
         from jobs.gate import run_gate
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_gate(settings, run_id, reports)
 
     @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
     def promote(gate_summary: dict) -> dict:
         from jobs.promote import run_promote
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_promote(settings, run_id, gate_summary, reports)
 
     @task
     def version() -> dict:
         from jobs.version import run_version
 
-        settings, run_id, reports = _settings_and_reports()
+        settings, run_id, reports = settings_and_reports()
         return run_version(settings, run_id, reports)
 
     features_summary = features()

@@ -1,0 +1,20 @@
+"""What every tidal task inside Airflow starts from: the settings, its run id and that run's reports folder.
+
+Kept out of the DAG files so they stay wiring; imported inside tasks, where an Airflow task context exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidal.config import Settings, load_settings
+from tidal.storage import StorageLayout
+
+
+def settings_and_reports() -> tuple[Settings, str, Path]:
+    """(settings, run id, reports/runs/<run id>/) for the Airflow task that calls it."""
+    from airflow.sdk import get_current_context
+
+    settings = load_settings()
+    run_id = get_current_context()["run_id"]
+    return settings, run_id, StorageLayout(settings.home).ensure().run_reports(run_id)
