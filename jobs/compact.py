@@ -4,8 +4,8 @@ Each micro-batch writes its own folder bronze/events/event_date=D/batch_id=N/ (s
 its own output), with up to `features.shuffle_partitions` files in it: a day of 5-minute cycles leaves hundreds of
 folders and over a thousand small files per date, which every reader of bronze (the full retrain) must list and open.
 
-A date is compacted when every batch in it is **committed** (recorded in the stream checkpoint's commits/: an
-uncommitted batch may be replayed by a restarted stream, which rewrites its own batch_id=N folder, and compacting it
+A date is compacted when every batch in it is **committed** (no newer than the newest batch in the stream
+checkpoint's commits/: an uncommitted batch may be replayed by a restarted stream, which rewrites its own batch_id=N folder, and compacting it
 away first would double it) and it holds too many files:
 - a **closed** date (the watermark, the newest event time seen minus `features.allowed_lateness_s`, has passed its
   end, so no event of it can be accepted any more) more than `features.bronze_files_per_date`;
@@ -20,8 +20,9 @@ folder, and the two are swapped with one renameat2(RENAME_EXCHANGE): a reader se
 never both and never neither. A reader that listed the old files just before the swap cannot open them after it
 (they moved): it fails loudly and must retry, which the full retrain's Airflow task does; it never reads a row twice
 or misses one. The swapped-out folder waits in bronze/events/_trash/ for `TRASH_GRACE_S` (an operator's undo) and
-is then deleted. A crash anywhere leaves the live folder whole; the next run removes the half-built one and starts
-that date again.
+is then deleted. A crash anywhere leaves the live data whole; the next run removes a half-built folder and starts
+that date again (where renameat2 is missing, two renames stand in, and a live folder parked between them is put
+back by the next run).
 
 It runs at the end of every `tidal features` run (the only writer of bronze, so nothing writes a date while it is
 being compacted), and as `tidal compact` for an operator.
@@ -44,14 +45,18 @@ from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout
 
 STAGING_PREFIX = "_compacting-"
+PARKED_PREFIX = "_parked-"
 TRASH_DIR = "_trash"
 TRASH_GRACE_S = 3600.0
 
 
-def committed_batch_ids(layout: StorageLayout) -> set[int]:
-    """Batch ids the stream checkpoint has committed (commits/<id> files); only these can never be replayed."""
+def newest_committed_batch(layout: StorageLayout) -> int | None:
+    """The newest batch id the stream checkpoint has committed (commits/<id>). Every batch up to it can never be
+    replayed; only the newest commits are kept (spark.sql.streaming.minBatchesToRetain), so older batches are
+    known committed by being older, not by their own file."""
     commits = layout.stream_checkpoint / "commits"
-    return {int(p.name) for p in commits.iterdir() if p.name.isdigit()} if commits.exists() else set()
+    ids = [int(p.name) for p in commits.iterdir() if p.name.isdigit()] if commits.exists() else []
+    return max(ids, default=None)
 
 
 def current_watermark(layout: StorageLayout, allowed_lateness_s: int) -> datetime | None:
@@ -64,7 +69,7 @@ def current_watermark(layout: StorageLayout, allowed_lateness_s: int) -> datetim
     return datetime.fromisoformat(latest["max_event_time"]) - timedelta(seconds=allowed_lateness_s)
 
 
-def dates_to_compact(bronze: Path, watermark: datetime | None, committed: set[int], files_per_date: int,
+def dates_to_compact(bronze: Path, watermark: datetime | None, newest_committed: int | None, files_per_date: int,
                      max_files_open_date: int) -> list[tuple[Path, list[int]]]:
     """(date folder, its batch ids) for every fully committed date with more files than it may keep: a closed date
     more than `files_per_date`, a date still open (events of it can still arrive) more than `max_files_open_date`.
@@ -77,7 +82,8 @@ def dates_to_compact(bronze: Path, watermark: datetime | None, committed: set[in
         closed = watermark is not None and end_of_day <= watermark
         batches = sorted(int(p.name.split("=", 1)[1]) for p in date_dir.glob("batch_id=*"))
         files = len(list(date_dir.glob("batch_id=*/*.parquet")))
-        if files > (files_per_date if closed else max_files_open_date) and set(batches) <= committed:
+        committed = newest_committed is not None and max(batches, default=0) <= newest_committed
+        if files > (files_per_date if closed else max_files_open_date) and committed:
             out.append((date_dir, batches))
     return out
 
@@ -94,10 +100,24 @@ def exchange_paths(a: Path, b: Path) -> None:
         err = ctypes.get_errno()
         if err not in (errno.ENOSYS, errno.EINVAL):
             raise OSError(err, f"renameat2 exchange of {a} and {b}: {os.strerror(err)}")
-    parked = a.with_name(a.name + ".parked")
+    # The parked name is not a staging name, so a crash between these renames leaves the live data where
+    # restore_parked() puts it back, never where the staging cleanup deletes it.
+    parked = b.with_name(PARKED_PREFIX + b.name)
     os.rename(b, parked)
     os.rename(a, b)
     os.rename(parked, a)
+
+
+def restore_parked(bronze: Path) -> None:
+    """After a crash inside the two-rename fallback: a parked live folder goes back if its date is missing, else
+    (the new folder is in place) it is only the old copy, and goes to the trash."""
+    for parked in bronze.glob(f"{PARKED_PREFIX}event_date=*"):
+        live = bronze / parked.name[len(PARKED_PREFIX):]
+        if not live.exists():
+            os.rename(parked, live)
+        else:
+            (bronze / TRASH_DIR).mkdir(exist_ok=True)
+            os.rename(parked, bronze / TRASH_DIR / f"{live.name}-{int(time.time() * 1000)}")
 
 
 def purge_trash(bronze: Path, now_s: float, grace_s: float = TRASH_GRACE_S) -> int:
@@ -148,11 +168,14 @@ def compact_bronze(spark, settings: Settings) -> dict[str, Any]:
     fp = settings.params.features
     if not bronze.exists():
         return {"compacted": [], "trash_purged": 0}
+    restore_parked(bronze)
+    # A compaction that crashed before its swap (a half-built folder) or just after it (the old folder, whose rows
+    # are all in the live one now): either way nothing a reader needs.
     for leftover in bronze.glob(f"{STAGING_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # a compaction that crashed before its swap
+        shutil.rmtree(leftover, ignore_errors=True)
     purged = purge_trash(bronze, time.time())
     watermark = current_watermark(layout, fp.allowed_lateness_s)
-    todo = dates_to_compact(bronze, watermark, committed_batch_ids(layout), fp.bronze_files_per_date,
+    todo = dates_to_compact(bronze, watermark, newest_committed_batch(layout), fp.bronze_files_per_date,
                             fp.bronze_max_files_open_date)
     done = []
     for date_dir, batches in todo:

@@ -12,9 +12,9 @@ previous one, so state is updated incrementally and never recomputed over all hi
 - Item popularity over sliding windows: per (item, time bucket of `features.popularity_bucket_s`) event counts,
   kept under features/state/item_buckets/. `item_events_last_<w>s` of an example at time t is the item's events in
   the buckets b with B - w/bucket < b <= B, B = floor(t / bucket): a window of w seconds ending at the example's
-  bucket, read from the state as of the end of its batch (so it counts the example itself). Buckets older than the
-  longest window plus the allowed lateness before the newest bucket are dropped: only an event that much older than
-  the newest would need them, and from the next batch on the watermark quarantines such events as late.
+  bucket, read from the state as of the end of its batch (so it counts the example itself). The snapshot kept for
+  the next batch drops the buckets older than the longest window plus the allowed lateness before the newest
+  bucket: the next batch's watermark quarantines events that old as late, so none of its examples needs them.
 
 Outliers (bots, scrapers): within a micro-batch, per user x = log1p(events); robust z = 0.6745 (x - median) / MAD
 (Iglewicz & Hoaglin); a user is flagged when z > `features.outlier_z` and it has at least
@@ -151,18 +151,24 @@ def popularity_column(window_s: int) -> str:
     return f"item_events_last_{window_s}s"
 
 
-def update_item_buckets(state_df, events_df, bucket_s: int, keep_s: int):
-    """Item bucket state (item_id, bucket, events) + this batch's events -> the new state.
-
-    Counts add up per (item, bucket); then buckets more than `keep_s` before the newest bucket (of the state and
-    the batch together) are dropped, so the state is bounded by the window, not by history."""
+def update_item_buckets(state_df, events_df, bucket_s: int):
+    """Item bucket state (item_id, bucket, events) + this batch's events -> the merged state (counts add up per
+    item and bucket). The batch's features read this, unpruned; `prune_item_buckets` bounds what is kept."""
     from pyspark.sql import functions as F
 
     batch = events_df.groupBy("item_id", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long")
                               .alias("bucket")).agg(F.count("*").alias("events"))
-    merged = state_df.unionByName(batch).groupBy("item_id", "bucket").agg(F.sum("events").cast("long").alias("events"))
-    newest = merged.agg(F.max("bucket").alias("_newest"))
-    return (merged.crossJoin(newest).filter(F.col("bucket") > F.col("_newest") - keep_s // bucket_s)
+    return state_df.unionByName(batch).groupBy("item_id", "bucket").agg(F.sum("events").cast("long").alias("events"))
+
+
+def prune_item_buckets(state_df, bucket_s: int, keep_s: int):
+    """Drop the buckets more than `keep_s` before the newest one, so the state is bounded by the window plus the
+    allowed lateness, not by history. Applied to the snapshot the next batch starts from, after this batch's
+    features were read: the next batch accepts nothing older than its watermark, so it never needs them."""
+    from pyspark.sql import functions as F
+
+    newest = state_df.agg(F.max("bucket").alias("_newest"))
+    return (state_df.crossJoin(newest).filter(F.col("bucket") > F.col("_newest") - keep_s // bucket_s)
             .drop("_newest"))
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from jobs.compact import compact_bronze
 from jobs.feature_state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, entity_features, flag_outliers,
-                                item_content_features, item_window_popularity, update_entity_state,
-                                update_item_buckets)
+                                item_content_features, item_window_popularity, prune_item_buckets,
+                                update_entity_state, update_item_buckets)
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout, atomic_write_json, read_json, write_step_summary
 
@@ -187,17 +187,26 @@ def classify_events(lines_df, rules: EventRules):
     return df.withColumn("quarantine_reason", reason).drop("_v", *[c for c in df.columns if c.startswith("_t_")])
 
 
+MAX_NESTING_CHECKED = 8  # object/array depth up to which a line is fully checked for a second top-level value
+
+
 def has_trailing_content(line):
-    """True where a line holds more than one JSON value: `{...}{...}` or `{...} junk`.
+    """True where a line holds more than one top-level JSON value: `{...}{...}`, `{...},{...}`, `{...} junk`.
 
     try_parse_json reads the first value of a line and ignores the rest, so without this check the second of two
-    records glued onto one line would be dropped without a trace. With string literals blanked out (so braces inside
-    strings do not count), a single object starts with '{', ends with '}', and never has '}' followed by '{' without
-    a comma between (two adjacent values are invalid JSON at any depth)."""
+    records glued onto one line would be dropped without a trace. The check works on the line's skeleton: string
+    literals blanked (possessive regex: a 100k-character string cannot overflow Java's regex stack), then the
+    innermost objects and arrays replaced by a token, MAX_NESTING_CHECKED times; one object ends as that single
+    token. Deeper nesting than that falls back to a weaker rule (ends with '}', no '}' then '{')."""
     from pyspark.sql import functions as F
 
-    skeleton = F.trim(F.regexp_replace(line, r'"(?:[^"\\]|\\.)*"', '""'))
-    return skeleton.startswith("{") & (~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{"))
+    skeleton = F.regexp_replace(F.regexp_replace(line, r'"(?:[^"\\]++|\\.)*+"', '""'), r"^\s+|\s+$", "")
+    reduced = skeleton
+    for _ in range(MAX_NESTING_CHECKED):
+        reduced = F.regexp_replace(reduced, r"\{[^{}\[\]]*+\}|\[[^{}\[\]]*+\]", "X")
+    fully_reduced = ~reduced.rlike(r"[{}\[\]]")
+    weak_rule = ~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{")
+    return skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule)
 
 
 def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
@@ -290,13 +299,14 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     previous_buckets = latest_snapshot_before(buckets_dir, batch_id)
     buckets = update_item_buckets(spark.read.parquet(str(previous_buckets)) if previous_buckets else
                                   spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA), training,
-                                  fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s)
-    buckets.write.mode("overwrite").parquet(str(buckets_dir / f"batch_id={batch_id}"))
+                                  fp.popularity_bucket_s)
+    prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
+        .write.mode("overwrite").parquet(str(buckets_dir / f"batch_id={batch_id}"))
     examples = entity_features(training_examples(training, fp.event_type_weights),
                                spark.read.parquet(str(state_dir / f"batch_id={batch_id}")), fp.half_life_s,
                                params.base.event_types)
-    examples = item_window_popularity(examples, spark.read.parquet(str(buckets_dir / f"batch_id={batch_id}")),
-                                      fp.popularity_bucket_s, fp.popularity_windows_s)
+    # The merged, unpruned state: an accepted event older than the pruning horizon still gets its full windows.
+    examples = item_window_popularity(examples, buckets, fp.popularity_bucket_s, fp.popularity_windows_s)
     items_csv = layout.landing_items / "items.csv"
     if items_csv.exists():
         examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))

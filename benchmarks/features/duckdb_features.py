@@ -329,15 +329,17 @@ def entity_state_sql(training_table: str, half_life_s: float) -> str:
     """
 
 
-def item_buckets_sql(training_table: str, params: BatchParams) -> str:
-    """The item bucket state an empty state plus this batch gives (`update_item_buckets`): events per (item_id,
-    bucket), without the buckets more than `popularity_keep_s` before the newest one."""
+def item_buckets_sql(training_table: str, params: BatchParams, pruned: bool = True) -> str:
+    """The item bucket state an empty state plus this batch gives: events per (item_id, bucket)
+    (`update_item_buckets`, which the batch's features read), and with `pruned` without the buckets more than
+    `popularity_keep_s` before the newest one (`prune_item_buckets`, the snapshot the next batch starts from)."""
     bucket_s = params.popularity_bucket_s
+    keep = f"WHERE bucket > newest - {params.popularity_keep_s // bucket_s}" if pruned else ""
     return f"""
     SELECT item_id, bucket, events FROM (
         SELECT item_id, bucket, count(*) AS events, max(bucket) OVER () AS newest
         FROM {training_table} GROUP BY item_id, bucket)
-    WHERE bucket > newest - {params.popularity_keep_s // bucket_s}
+    {keep}
     """
 
 
@@ -378,7 +380,7 @@ def examples_sql(training_table: str, params: BatchParams, items_table: str | No
                    GROUP BY e.user_id, e.event_type),
     mix AS (SELECT user_id, {mix_cols} FROM type_decay GROUP BY user_id),
     shares AS (SELECT user_id, {share_cols} FROM mix),
-    buckets AS ({item_buckets_sql(training_table, params)}),
+    buckets AS ({item_buckets_sql(training_table, params, pruned=False)}),
     popularity AS (SELECT item_id, bucket, {windows} FROM buckets)
     SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.value, e.event_time, e.t AS timestamp,
            CASE e.event_type {weights} ELSE 1.0 END AS event_weight,
@@ -394,7 +396,7 @@ def examples_sql(training_table: str, params: BatchParams, items_table: str | No
     JOIN users u USING (user_id) JOIN user_decay ud USING (user_id)
     JOIN per_item i USING (item_id) JOIN item_decay id USING (item_id)
     JOIN shares s USING (user_id)
-    -- LEFT: an event older than the bucket state keeps (see item_buckets_sql) finds no bucket and counts 0
+    -- LEFT, as the Spark job's join: every example's own bucket is in the unpruned state, so none counts 0 here
     LEFT JOIN popularity p ON p.item_id = e.item_id AND p.bucket = e.bucket
     {content_join}
     """

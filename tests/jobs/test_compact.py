@@ -130,15 +130,30 @@ def test_dates_to_compact_needs_closed_committed_and_fragmented(tmp_path):
     watermark = datetime(2026, 11, 3, 12, tzinfo=timezone.utc)
     names = lambda todo: [d.name for d, _ in todo]  # noqa: E731
     closed_two = ["event_date=2026-11-01", "event_date=2026-11-02"]
-    assert names(dates_to_compact(bronze, watermark, {0, 1, 2}, 1, 64)) == closed_two
-    assert names(dates_to_compact(bronze, watermark, {0, 1}, 1, 64)) == ["event_date=2026-11-01"]  # 2 may replay
-    assert names(dates_to_compact(bronze, watermark, {0, 1, 2}, 2, 64)) == []                      # small enough
+    assert names(dates_to_compact(bronze, watermark, 2, 1, 64)) == closed_two
+    assert names(dates_to_compact(bronze, watermark, 1, 1, 64)) == ["event_date=2026-11-01"]  # batch 2 may replay
+    assert names(dates_to_compact(bronze, watermark, 2, 2, 64)) == []                         # small enough
+    assert names(dates_to_compact(bronze, watermark, None, 1, 64)) == []                      # nothing committed
     open_all = datetime(2026, 11, 1, 23, tzinfo=timezone.utc)
-    assert names(dates_to_compact(bronze, open_all, {0, 1, 2}, 1, 64)) == []
-    assert dates_to_compact(bronze, None, {0, 1, 2}, 1, 64) == []
+    assert names(dates_to_compact(bronze, open_all, 2, 1, 64)) == []
+    assert dates_to_compact(bronze, None, 2, 1, 64) == []
     # Open dates too, once they pass their own (larger) limit.
-    assert names(dates_to_compact(bronze, open_all, {0, 1, 2}, 1, 1)) == closed_two
-    assert names(dates_to_compact(bronze, None, {0, 1, 2}, 1, 1)) == closed_two
+    assert names(dates_to_compact(bronze, open_all, 2, 1, 1)) == closed_two
+    assert names(dates_to_compact(bronze, None, 2, 1, 1)) == closed_two
+    # Spark keeps only the newest commit files: a batch older than the newest commit is committed without its own.
+    assert names(dates_to_compact(bronze, watermark, 500, 1, 64)) == closed_two
+
+
+def test_a_live_folder_parked_by_the_fallback_swap_is_put_back(tmp_path):
+    from jobs.compact import PARKED_PREFIX, restore_parked
+
+    bronze = tmp_path / "bronze"
+    (bronze / f"{PARKED_PREFIX}event_date=2026-11-01" / "batch_id=0").mkdir(parents=True)  # crash: live missing
+    (bronze / f"{PARKED_PREFIX}event_date=2026-11-02").mkdir()                              # crash: new in place
+    (bronze / "event_date=2026-11-02").mkdir()
+    restore_parked(bronze)
+    assert (bronze / "event_date=2026-11-01" / "batch_id=0").is_dir()
+    assert sorted(p.name for p in bronze.iterdir()) == [TRASH_DIR, "event_date=2026-11-01", "event_date=2026-11-02"]
 
 
 def test_exchange_swaps_two_folders_and_trash_is_purged_after_its_grace(tmp_path):

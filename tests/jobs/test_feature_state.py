@@ -76,7 +76,8 @@ def test_injected_bot_is_flagged_and_normal_users_are_not(spark):
 
 
 def test_sliding_window_item_popularity_counts_the_window_ending_at_each_example(spark):
-    from jobs.feature_state import ITEM_BUCKET_STATE_SCHEMA, item_window_popularity, update_item_buckets
+    from jobs.feature_state import (ITEM_BUCKET_STATE_SCHEMA, item_window_popularity, prune_item_buckets,
+                                    update_item_buckets)
 
     bucket, windows = 3600, (3600, 3 * 3600)
     keep = max(windows)
@@ -85,14 +86,15 @@ def test_sliding_window_item_popularity_counts_the_window_ending_at_each_example
     second = events(spark, [("u2", "i1", "view", 2.5), ("u2", "i1", "click", 3.5), ("u3", "i2", "view", 3.2),
                             ("u4", "i2", "view", 3.2)])
     empty = spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA)
-    state1 = update_item_buckets(empty, first, bucket, keep)
-    state2 = update_item_buckets(state1, second, bucket, keep)
-    got = {(r.item_id, r.bucket - int(T0.timestamp()) // bucket): r.events for r in state2.collect()}
-    # Newest bucket is 3; buckets <= 3 - keep/bucket = 0 are dropped: the state is bounded by the window.
+    state1 = prune_item_buckets(update_item_buckets(empty, first, bucket), bucket, keep)
+    merged2 = update_item_buckets(state1, second, bucket)
+    hour0 = int(T0.timestamp()) // bucket
+    got = {(r.item_id, r.bucket - hour0): r.events for r in prune_item_buckets(merged2, bucket, keep).collect()}
+    # The snapshot for the next batch: newest bucket 3, buckets <= 3 - keep/bucket = 0 dropped (bounded state).
     assert got == {("i1", 1): 1, ("i1", 2): 1, ("i1", 3): 1, ("i2", 3): 2}
-    rows = {r.event_id: r for r in item_window_popularity(second, state2, bucket, windows).collect()}
-    # e0 (i1 at 2.5 h, bucket 2): 1 h window = bucket 2 only; 3 h window = buckets 0..2, but 0 was pruned -> 1 + 1.
-    assert (rows["e0"].item_events_last_3600s, rows["e0"].item_events_last_10800s) == (1, 2)
+    rows = {r.event_id: r for r in item_window_popularity(second, merged2, bucket, windows).collect()}
+    # This batch's features read the merged state before pruning: e0 (i1 at 2.5 h, bucket 2) still sees bucket 0.
+    assert (rows["e0"].item_events_last_3600s, rows["e0"].item_events_last_10800s) == (1, 3)
     # e1 (i1 at 3.5 h, bucket 3): 1 h -> bucket 3; 3 h -> buckets 1..3.
     assert (rows["e1"].item_events_last_3600s, rows["e1"].item_events_last_10800s) == (1, 3)
     assert (rows["e2"].item_events_last_3600s, rows["e2"].item_events_last_10800s) == (2, 2)
