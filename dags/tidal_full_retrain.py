@@ -20,10 +20,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
-from tidal.task_context import settings_and_reports
+from tidal.task_context import MODEL_POOL, settings_and_reports
 
 SEVERE_DRIFT = Asset("tidal://drift/severe")
-MODEL_POOL = "tidal_model"
 NO_PATH = r"^[^/\\~]*$"
 
 PARAMS = {

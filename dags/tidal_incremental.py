@@ -17,7 +17,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from tidal.task_context import settings_and_reports
+from tidal.task_context import MODEL_POOL, settings_and_reports
 
 # The schedule is read from the environment (no params.yaml parsing at DAG-parse time); default 5 minutes.
 EVERY_MINUTES = int(os.environ.get("TIDAL_INCREMENTAL_EVERY_MINUTES", "5"))
@@ -78,21 +78,21 @@ def tidal_incremental():
         task_id="trigger_full_retrain", trigger_dag_id="tidal_full_retrain", wait_for_completion=False,
         conf={"reason": "severe drift seen by tidal_incremental run {{ run_id }}"})
 
-    @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
+    @task(pool=MODEL_POOL)  # one slot, shared with tidal_full_retrain: they never overlap
     def finetune() -> dict:
         from jobs.finetune import run_finetune
 
         settings, run_id, reports = settings_and_reports()
         return run_finetune(settings, run_id, reports)
 
-    @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
+    @task(pool=MODEL_POOL)
     def gate() -> dict:
         from jobs.gate import run_gate
 
         settings, run_id, reports = settings_and_reports()
         return run_gate(settings, run_id, reports)
 
-    @task(pool="tidal_model")  # one slot, shared with tidal_full_retrain: they never overlap
+    @task(pool=MODEL_POOL)
     def promote(gate_summary: dict) -> dict:
         from jobs.promote import run_promote
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from tidal.task_context import MODEL_POOL
+
 PARAMS = {
     "to": Param(
         "", type="string", pattern=r"^(v\d{6})?$",
@@ -43,7 +45,7 @@ PARAMS = {
 )
 def tidal_rollback():
     # No retry: a rollback that failed (unknown version, corrupt target) needs a human, not a second try.
-    @task(retries=0, pool="tidal_model")
+    @task(retries=0, pool=MODEL_POOL)
     def rollback() -> dict:
         from jobs.rollback import run_rollback
         from tidal.config import load_settings

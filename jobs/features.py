@@ -150,8 +150,7 @@ def classify_events(lines_df, rules: EventRules):
     # event_time: ISO-8601 string, or a number of unix seconds. A string must start with its year: Spark would read
     # a bare time ("10:15:00") as today's, so the same record would classify differently on another day's replay.
     time_text = F.expr("try_variant_get(_v, '$.event_time', 'string')")
-    ts_string = F.when(time_text.rlike(r"^\s*[+-]?[0-9]{4}"), F.expr(
-        "try_to_timestamp(try_variant_get(_v, '$.event_time', 'string'))"))
+    ts_string = F.when(time_text.rlike(r"^\s*[+-]?[0-9]{4}"), F.try_to_timestamp(time_text))
     ts_number = F.expr("timestamp_seconds(try_variant_get(_v, '$.event_time', 'double'))")
     is_number = F.col("_t_event_time").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
     df = df.withColumn("event_time", F.when(is_number, ts_number).otherwise(ts_string))

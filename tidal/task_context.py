@@ -10,6 +10,10 @@ from pathlib import Path
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout
 
+# The one-slot Airflow pool (scripts/stack.sh creates it) that every model-changing task of every DAG runs in, so
+# an incremental fine-tune/gate/promote, a full retrain and a rollback never overlap.
+MODEL_POOL = "tidal_model"
+
 
 def settings_and_reports() -> tuple[Settings, str, Path]:
     """(settings, run id, reports/runs/<run id>/) for the Airflow task that calls it."""
