@@ -1,7 +1,12 @@
 """tidal_incremental: every few minutes, turn the new landing files into a fresher production model.
 
-features -> validate -> drift -> finetune -> gate -> promote -> version
-                            drift -> drift_response -> trigger_incremental_now (mild) | trigger_full_retrain (severe)
+check_landing -> features -> validate -> drift -> finetune -> gate -> promote -> version
+                                          drift -> drift_response -> trigger_incremental_now (mild)
+                                                                   | signal_severe_drift (severe)
+
+`check_landing` looks for landing files the stream has not consumed (no Spark): when there are none the run is
+idle, and every later task is skipped within seconds, so the grid shows an idle run as skipped, not as a green cycle.
+`signal_severe_drift` emits the `tidal://drift/severe` asset, which starts `tidal_scheduled_retrain`.
 
 Wiring only: each task imports its job inside the task and calls the same function `tidal cycle` calls. XCom
 carries the small step summaries (batch ids, counts, metrics), never data. Every step is keyed on the run id or
@@ -15,9 +20,11 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, task
+from airflow.sdk import Asset, dag, task
 
-from tidal.task_context import MODEL_POOL, settings_and_reports
+from tidal.task_context import MODEL_POOL, SEVERE_DRIFT_URI, settings_and_reports
+
+SEVERE_DRIFT = Asset(SEVERE_DRIFT_URI)
 
 # The schedule is read from the environment (no params.yaml parsing at DAG-parse time); default 5 minutes.
 EVERY_MINUTES = int(os.environ.get("TIDAL_INCREMENTAL_EVERY_MINUTES", "5"))
@@ -41,6 +48,15 @@ Each run writes its step summaries to `$TIDAL_HOME/reports/runs/<run id>/`: `fea
     doc_md=DOC,
 )
 def tidal_incremental():
+    # False (no new landing file, no batch to replay) skips every downstream task: an idle run.
+    @task.short_circuit
+    def check_landing() -> bool:
+        from tidal.config import load_settings
+        from tidal.landing import landing_work, log_landing_work
+        from tidal.storage import StorageLayout
+
+        return not log_landing_work(landing_work(StorageLayout(load_settings().home)))["idle"]
+
     @task
     def features() -> dict:
         from jobs.features import run_features
@@ -65,20 +81,26 @@ def tidal_incremental():
 
     # The graded drift response (jobs.drift decides the level; this only routes it): none -> nothing; mild -> the
     # next incremental run is queued now instead of at the next tick (max_active_runs=1 starts it when this one
-    # ends), and fine-tune trains harder until a run sees no drift; severe -> a full retrain.
+    # ends), and fine-tune trains harder until a run sees no drift; severe -> a full retrain, through the asset.
     @task.branch
     def drift_response(drift_summary: dict) -> list[str]:
-        return {"mild": ["trigger_incremental_now"], "severe": ["trigger_full_retrain"]}.get(
+        return {"mild": ["trigger_incremental_now"], "severe": ["signal_severe_drift"]}.get(
             drift_summary.get("response", "none"), [])
 
     trigger_incremental_now = TriggerDagRunOperator(
         task_id="trigger_incremental_now", trigger_dag_id="tidal_incremental", wait_for_completion=False,
         conf={"reason": "mild drift seen by run {{ run_id }}"})
-    trigger_full_retrain = TriggerDagRunOperator(
-        task_id="trigger_full_retrain", trigger_dag_id="tidal_full_retrain", wait_for_completion=False,
-        conf={"reason": "severe drift seen by tidal_incremental run {{ run_id }}"})
 
-    @task(pool=MODEL_POOL)  # one slot, shared with tidal_full_retrain: they never overlap
+    # Runs only on the severe branch, so the asset event (and the retrain it schedules) means severe drift.
+    @task(outlets=[SEVERE_DRIFT])
+    def signal_severe_drift(drift_summary: dict, *, outlet_events=None, run_id=None) -> dict:
+        extra = {"reason": f"severe drift seen by tidal_incremental run {run_id}",
+                 "features": [r["feature"] for r in drift_summary.get("features", []) if r.get("severity") == "severe"],
+                 "reference_version": drift_summary.get("reference_version")}
+        outlet_events[SEVERE_DRIFT].extra = extra
+        return extra
+
+    @task(pool=MODEL_POOL)  # one slot, shared with the retrain DAGs and rollback: they never overlap
     def finetune() -> dict:
         from jobs.finetune import run_finetune
 
@@ -107,13 +129,14 @@ def tidal_incremental():
         return run_version(settings, run_id, reports)
 
     features_summary = features()
+    check_landing() >> features_summary
     validated = validate(features_summary)
     drift_summary = drift(features_summary)
     trained = finetune()
     gate_summary = gate()
     promoted = promote(gate_summary)
     validated >> drift_summary >> trained >> gate_summary
-    drift_response(drift_summary) >> [trigger_incremental_now, trigger_full_retrain]
+    drift_response(drift_summary) >> [trigger_incremental_now, signal_severe_drift(drift_summary)]
     promoted >> version()
 
 

@@ -1,7 +1,8 @@
 """One incremental cycle without Airflow: the same step functions the DAG tasks call, in the same order.
 
 features -> validate -> drift -> finetune -> gate -> promote -> version. Each step writes its summary to
-<TIDAL_HOME>/reports/runs/<run id>/<step>.json; the cycle returns all of them plus each step's wall time.
+<TIDAL_HOME>/reports/runs/<run id>/<step>.json; the cycle returns all of them plus each step's wall time. Like the
+DAG's `check_landing`, a cycle with no new landing file (and no batch to replay) is idle: it runs no step and says so.
 
 Run: `tidal cycle [--json]`.
 """
@@ -13,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from tidal.config import Settings
+from tidal.landing import landing_work, log_landing_work
 from tidal.storage import StorageLayout, write_step_summary
 
 STEP_ORDER = ("features", "validate", "drift", "finetune", "gate", "promote", "version")
@@ -33,7 +35,12 @@ def run_cycle(settings: Settings, run_id: str | None = None, log: Callable[[str]
 
     train_config(settings)  # refuse bad hyperparameters before any work starts
     run_id = run_id or new_run_id()
-    reports = StorageLayout(settings.home).ensure().run_reports(run_id)
+    layout = StorageLayout(settings.home).ensure()
+    reports = layout.run_reports(run_id)
+    work = log_landing_work(landing_work(layout))
+    if work["idle"]:
+        log(f"[cycle] idle: no new landing files in {layout.landing_events}; nothing to do")
+        return {"run_id": run_id, "idle": True, "landing": work, "steps": {}, "seconds": {}, "reports": str(reports)}
     steps: dict[str, Any] = {}
     seconds: dict[str, float] = {}
 
@@ -53,6 +60,6 @@ def run_cycle(settings: Settings, run_id: str | None = None, log: Callable[[str]
     gate = timed("gate", lambda: run_gate(settings, run_id, reports))
     timed("promote", lambda: run_promote(settings, run_id, gate, reports))
     timed("version", lambda: run_version(settings, run_id, reports))
-    result = {"run_id": run_id, "steps": steps, "seconds": seconds, "reports": str(reports)}
+    result = {"run_id": run_id, "idle": False, "landing": work, "steps": steps, "seconds": seconds, "reports": str(reports)}
     write_step_summary(reports, "cycle", result)
     return result

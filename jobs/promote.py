@@ -18,12 +18,14 @@ from tidal.registry import Registry, StaleCandidate
 from tidal.storage import StorageLayout, read_json, write_step_summary
 
 
-def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], reports_dir: Path | None = None) -> dict[str, Any]:
+def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], reports_dir: Path | None = None,
+                request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`request`: a full retrain's request (reason, trigger, ...), recorded with a rejection."""
     registry = Registry(StorageLayout(settings.home).registry)
     if gate_summary.get("status") == "skipped":
         summary = {"run_id": run_id, "promoted": False, "reason": gate_summary["reason"]}
     elif not gate_summary["passed"]:
-        registry.record_rejection(run_id, reason=gate_summary["reason"], details=gate_summary)
+        registry.record_rejection(run_id, reason=gate_summary["reason"], details=gate_summary, request=request)
         summary = {"run_id": run_id, "promoted": False, "reason": gate_summary["reason"]}
     else:
         candidate = registry.candidate_metadata(run_id) or {}
@@ -31,7 +33,7 @@ def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], r
         try:
             version = registry.promote_candidate(run_id, reason=gate_summary["reason"], **expect)
         except StaleCandidate as stale:
-            registry.record_rejection(run_id, reason=str(stale), details=gate_summary)
+            registry.record_rejection(run_id, reason=str(stale), details=gate_summary, request=request)
             summary = {"run_id": run_id, "promoted": False, "stale": True, "reason": str(stale)}
         else:
             summary = {"run_id": run_id, "promoted": True, "version": version.version,

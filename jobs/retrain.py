@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tidal.config import ConfigError, Settings, load_settings
 from tidal.registry import HOLDOUT_FILE, METADATA_FILE, MODEL_FILE, REFERENCE_FILE, Registry
 from tidal.storage import StorageLayout, atomic_write_json, read_json, safe_name, write_step_summary
+from tidal.task_context import REASON_MAX_LENGTH, REASON_PATTERN
 
 _PATH_LIKE = re.compile(r"[/\\]|^~|\.\.")
 
@@ -41,7 +42,7 @@ class RetrainRequest(BaseModel):
 
     history_days: int | None = Field(None, ge=1, description="days before the newest event; None = all history")
     epochs: int | None = Field(None, ge=1, le=1000)
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=REASON_MAX_LENGTH)
     promote: Literal["auto", "register"] = "auto"
     trigger: Literal["manual", "schedule", "drift", "cli", "dvc"] = "manual"
 
@@ -64,9 +65,53 @@ class RetrainRequest(BaseModel):
     def _reason(cls, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ValueError("a full retrain needs a reason (free text: why retrain now)")
-        if _PATH_LIKE.search(value):
-            raise ValueError(f"reason {value!r} looks like a path; write a sentence ('/', '\\\\', '..', '~' are refused)")
+        if not re.search(REASON_PATTERN, value):  # the pattern the Params form checks, so both refuse the same
+            raise ValueError(f"reason {value!r} looks like a path; write a sentence ('/', '\\\\', '..' and a "
+                             "leading '~' are refused)")
         return value.strip()
+
+
+# Airflow run types -> the trigger a retrain records. The task SDK hands run_type over as an enum whose str() is
+# 'DagRunType.SCHEDULED', so compare values, never str().
+TRIGGER_OF_RUN_TYPE = {"scheduled": "schedule", "backfill": "schedule", "asset_triggered": "drift",
+                       "manual": "manual", "operator_triggered": "manual", "asset_materialization": "manual"}
+
+
+def request_for_run(run_type: Any, params: dict[str, Any], drift_events: list[dict[str, Any]], *,
+                    manual: bool) -> dict[str, Any]:
+    """The raw request of a retrain DAG run, before check_request.
+
+    `manual` (tidal_full_retrain): the Params form's values; the reason is the operator's. Otherwise
+    (tidal_scheduled_retrain): params.yaml's window and epochs, and a reason that says what started the run: the
+    schedule, or the severe-drift asset events (naming the runs that emitted them).
+    """
+    value = getattr(run_type, "value", run_type)
+    if value not in TRIGGER_OF_RUN_TYPE:
+        raise ConfigError(f"unknown Airflow run type {value!r}; known: {sorted(TRIGGER_OF_RUN_TYPE)}")
+    trigger = TRIGGER_OF_RUN_TYPE[value]
+    if manual:
+        return {"history_days": params.get("history_days"), "epochs": params.get("epochs"),
+                "reason": params.get("reason"), "promote": params.get("promote"), "trigger": "manual"}
+    if trigger == "manual":
+        raise ConfigError("the scheduled retrain takes no manual runs; trigger tidal_full_retrain with a reason")
+    if trigger == "drift":
+        sources = sorted({str(e.get("extra", {}).get("reason") or f"severe drift in {e.get('source_run_id')}")
+                          for e in drift_events}) or ["severe drift (asset event without a source)"]
+        reason = "; ".join(sources)[:REASON_MAX_LENGTH]
+    else:
+        reason = "scheduled full retrain (periodic reset)"
+    # Free text from an asset event must still pass the reason rule; a path-like character becomes a space.
+    return {"reason": re.sub(r"[/\\~]|\.\.", " ", reason), "trigger": trigger}
+
+
+def rejection_message(promote_summary: dict[str, Any]) -> str | None:
+    """Why a retrain that was asked to serve its model does not serve it (None when it serves or was registered)."""
+    if promote_summary.get("promoted") or promote_summary.get("registered"):
+        return None
+    hint = ("" if "registered" in promote_summary else " To keep it as a version anyway, retrain with "
+            "promote=register; serve that version later with `tidal rollback --to <version>`.")
+    return (f"the full retrain's candidate was not promoted: {promote_summary.get('reason')}. Production stays "
+            f"{promote_summary.get('production_version')}; the rejection is in registry/events.jsonl.{hint}")
 
 
 def check_request(settings: Settings, raw: dict[str, Any]) -> dict[str, Any]:
@@ -207,12 +252,14 @@ def promote_or_register(settings: Settings, run_id: str, gate_summary: dict[str,
                         reports_dir: Path | None = None) -> dict[str, Any]:
     from jobs.promote import run_promote
 
+    # The operator's request goes into a rejection's registry entry: who asked for this retrain, and why.
+    asked = {k: request[k] for k in ("reason", "trigger", "promote", "history_days", "epochs")}
     if request["promote"] == "auto":
-        return run_promote(settings, run_id, gate_summary, reports_dir)
+        return run_promote(settings, run_id, gate_summary, reports_dir, request=asked)
     registry = Registry(StorageLayout(settings.home).registry)
     if not gate_summary.get("finite", False):
         registry.record_rejection(run_id, reason="register-only retrain produced non-finite weights",
-                                  details=gate_summary)
+                                  details=gate_summary, request=asked)
         summary = {"run_id": run_id, "promoted": False, "registered": False, "reason": "non-finite weights"}
     else:
         version = registry.register_candidate(run_id, reason=f"register only: {request['reason']}")

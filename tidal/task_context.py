@@ -22,3 +22,12 @@ def settings_and_reports() -> tuple[Settings, str, Path]:
     settings = load_settings()
     run_id = get_current_context()["run_id"]
     return settings, run_id, StorageLayout(settings.home).ensure().run_reports(run_id)
+
+# The asset a drift task emits when drift is severe; tidal_scheduled_retrain is scheduled on it (and weekly).
+SEVERE_DRIFT_URI = "tidal://drift/severe"
+
+# What a retrain's reason may be, as one JSON-schema pattern shared by the Params form (the UI and the REST API
+# refuse a run that breaks it) and jobs.retrain's check: not blank, no path separators, no '..', no leading '~'.
+# [\s\S] instead of '.', so a '..' after a line break is caught too.
+REASON_PATTERN = r"^(?!\s*~)(?![\s\S]*\.\.)[^/\\]*[^/\\\s][^/\\]*$"
+REASON_MAX_LENGTH = 500

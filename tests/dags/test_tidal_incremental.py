@@ -1,4 +1,5 @@
-"""The incremental DAG's shape: it imports cleanly and cheaply, and wires the seven steps in order."""
+"""The incremental DAG's shape: it imports cleanly and cheaply, wires the seven steps in order behind a cheap
+landing check, emits the severe-drift asset on the severe branch only, and an idle run ends skipped in seconds."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 EXPECTED_EDGES = {
+    "check_landing": {"features"},
     "features": {"validate", "drift"},
     "validate": {"drift"},
-    "drift": {"finetune", "drift_response"},
-    "drift_response": {"trigger_incremental_now", "trigger_full_retrain"},
+    "drift": {"finetune", "drift_response", "signal_severe_drift"},
+    "drift_response": {"trigger_incremental_now", "signal_severe_drift"},
     "trigger_incremental_now": set(),
-    "trigger_full_retrain": set(),
+    "signal_severe_drift": set(),
     "finetune": {"gate"},
     "gate": {"promote"},
     "promote": {"version"},
@@ -64,3 +66,26 @@ def test_parsing_the_dag_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_only_the_severe_branch_emits_the_severe_drift_asset(dagbag):
+    dag = dagbag.get_dag("tidal_incremental")
+    emitting = {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets}
+    assert emitting == {"signal_severe_drift": ["tidal://drift/severe"]}
+    # The asset it emits is the one the scheduled retrain waits for.
+    retrain = dagbag.get_dag("tidal_scheduled_retrain")
+    assert [a.uri for a in retrain.timetable.asset_condition.objects] == emitting["signal_severe_drift"]
+
+
+def test_a_run_with_nothing_landed_is_idle_and_skips_every_later_task(dagbag, tidal_env):
+    """No Spark start, no fine-tune: check_landing says idle and every other task ends skipped."""
+    from tidal.storage import StorageLayout
+
+    settings = tidal_env()
+    dag_run = dagbag.get_dag("tidal_incremental").test()
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states.pop("check_landing") == "success"
+    assert set(states.values()) == {"skipped"} and set(states) == set(EXPECTED_EDGES) - {"check_landing"}
+    layout = StorageLayout(settings.home)
+    assert not any(layout.stream_checkpoint.glob("*")), "the features job ran"
+    assert not (layout.reports / "runs").exists() or not any((layout.reports / "runs").rglob("features.json"))

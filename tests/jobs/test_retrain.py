@@ -38,6 +38,56 @@ def test_good_requests_take_params_yaml_defaults(tidal_env):
     assert check_request(settings, {"reason": "x", "history_days": "3", "epochs": 2})["history_days"] == 3
 
 
+def sdk_run_type(value: str):
+    """The run type as the task SDK hands it to a task (an enum whose str() is 'DagRunType.SCHEDULED')."""
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    return DagRunType(value)
+
+
+def test_scheduled_and_asset_runs_become_valid_requests_with_their_own_reason(tidal_env):
+    from jobs.retrain import request_for_run
+
+    settings = tidal_env({"retrain": {"history_days": 30}})
+    assert str(sdk_run_type("scheduled")) == "DagRunType.SCHEDULED"  # why a substring test on str() never matched
+    weekly = check_request(settings, request_for_run(sdk_run_type("scheduled"), {}, [], manual=False))
+    assert (weekly["trigger"], weekly["history_days"]) == ("schedule", 30) and "periodic reset" in weekly["reason"]
+    events = [{"extra": {"reason": "severe drift seen by tidal_incremental run scheduled__2026-12-01T10:00:00+00:00"},
+               "source_dag_id": "tidal_incremental", "source_run_id": "scheduled__2026-12-01T10:00:00+00:00"},
+              {"extra": {}, "source_dag_id": "tidal_incremental", "source_run_id": "manual__x"}]
+    drift = check_request(settings, request_for_run(sdk_run_type("asset_triggered"), {}, events, manual=False))
+    assert drift["trigger"] == "drift"
+    assert drift["reason"] == ("severe drift in manual__x; "
+                               "severe drift seen by tidal_incremental run scheduled__2026-12-01T10:00:00+00:00")
+    # Free text from an asset event cannot smuggle a path into the reason.
+    odd = request_for_run(sdk_run_type("asset_triggered"), {}, [{"extra": {"reason": "see ../../etc"}}], manual=False)
+    assert check_request(settings, odd)["reason"] == "see     etc"
+
+
+def test_a_manual_run_takes_the_forms_values_and_the_scheduled_dag_refuses_one(tidal_env):
+    from jobs.retrain import request_for_run
+
+    settings = tidal_env()
+    form = {"reason": "new item catalogue", "history_days": 7, "epochs": 3, "promote": "register"}
+    assert check_request(settings, request_for_run(sdk_run_type("manual"), form, [], manual=True)) == {
+        **form, "trigger": "manual"}
+    with pytest.raises(ConfigError, match="no manual runs"):
+        request_for_run(sdk_run_type("manual"), {}, [], manual=False)
+    with pytest.raises(ConfigError, match="unknown Airflow run type 'sideways'"):
+        request_for_run("sideways", {}, [], manual=False)
+
+
+def test_a_rejected_retrain_says_why_and_what_to_do():
+    from jobs.retrain import rejection_message
+
+    assert rejection_message({"promoted": True, "version": "v000004"}) is None
+    assert rejection_message({"promoted": False, "registered": True, "version": "v000004"}) is None
+    message = rejection_message({"promoted": False, "reason": "candidate recall_at_10 0.30 trails production 0.39",
+                                 "production_version": "v000003"})
+    assert "trails production 0.39" in message and "Production stays v000003" in message
+    assert "promote=register" in message
+
+
 @pytest.mark.slow
 @pytest.mark.stack
 def test_window_register_only_and_a_stale_incremental_waiting_behind_a_retrain(tidal_env, spark, s3_env):

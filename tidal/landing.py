@@ -1,0 +1,77 @@
+"""Is there anything for the features job to do? A cheap answer from the file system, without starting Spark.
+
+The features stream records every landing file it has planned into a micro-batch in its file-source log
+(checkpoints/stream/sources/0/<batch id>[.compact]: a "v1" line, then one JSON object a file with its `path` as a
+percent-encoded file URI). A landing file is pending when it matches the stream's glob and is not in that log; a
+planned batch without a commit (a crash mid-batch) is pending work too, since the next run replays it. The
+incremental DAG's first task and `tidal cycle` ask this before paying for a Spark start, so an idle run ends in
+seconds and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from tidal.storage import StorageLayout
+
+# The stream's pathGlobFilter (*.{jsonl,parquet}); Spark's file listing skips names starting with '.' or '_'.
+LANDING_SUFFIXES = (".jsonl", ".parquet")
+
+log = logging.getLogger("tidal.landing")
+
+
+def is_landing_file(path: Path) -> bool:
+    return path.is_file() and path.suffix in LANDING_SUFFIXES and not path.name.startswith((".", "_"))
+
+
+def consumed_landing_files(layout: StorageLayout) -> set[Path]:
+    """Every landing file the stream has planned into a batch, as absolute paths."""
+    source_log = layout.stream_checkpoint / "sources" / "0"
+    if not source_log.exists():
+        return set()
+    consumed: set[Path] = set()
+    for entry in source_log.iterdir():
+        if not entry.name.removesuffix(".compact").isdigit():
+            continue  # .crc sidecars and Spark's temporary files
+        for line in entry.read_text().splitlines()[1:]:
+            if line.strip():
+                consumed.add(Path(unquote(urlparse(json.loads(line)["path"]).path)))
+    return consumed
+
+
+def uncommitted_batch(layout: StorageLayout) -> int | None:
+    """The id of a batch the stream planned but never committed (the next run replays it), or None."""
+    def newest(folder: str) -> int:
+        path = layout.stream_checkpoint / folder
+        return max((int(p.name) for p in path.iterdir() if p.name.isdigit()), default=-1) if path.exists() else -1
+
+    planned = newest("offsets")
+    return planned if planned > newest("commits") else None
+
+
+def pending_landing_files(layout: StorageLayout) -> list[Path]:
+    """Landing files the stream has not planned into any batch yet, oldest name first."""
+    if not layout.landing_events.exists():
+        return []
+    consumed = consumed_landing_files(layout)
+    return sorted(p for p in layout.landing_events.iterdir() if is_landing_file(p) and p.resolve() not in consumed)
+
+
+def landing_work(layout: StorageLayout) -> dict:
+    """What the next features run would do: the pending files and a batch to replay. `idle` when neither."""
+    pending = pending_landing_files(layout)
+    replay = uncommitted_batch(layout)
+    return {"idle": not pending and replay is None, "pending_files": len(pending),
+            "pending_names": [p.name for p in pending[:20]], "replay_batch": replay}
+
+
+def log_landing_work(work: dict) -> dict:
+    if work["idle"]:
+        log.info("idle: no new landing files and no batch to replay; the rest of this run is skipped")
+    else:
+        log.info("%d new landing file(s) %s%s", work["pending_files"], work["pending_names"],
+                 f"; batch {work['replay_batch']} to replay" if work["replay_batch"] is not None else "")
+    return work
