@@ -11,8 +11,9 @@ same `models.recommender.train` the fine-tune uses; its freshest `gate.holdout_f
 carried into the next incremental cycle, like a fine-tune's. Once promoted it is its own anchor (the registry sets
 it) and its drift reference is a sample of its own training set.
 
-Run: `tidal retrain --reason "why" [--days N|all] [--epochs N] [--promote auto|register]`, or the
-`tidal_full_retrain` DAG, or `dvc repro` (the stages call `python -m jobs.retrain --stage ...`).
+Run: `tidal retrain --reason "why" [--days N|all] [--epochs N] [--promote auto|register]`, the
+`tidal_full_retrain` (by hand) and `tidal_scheduled_retrain` (weekly, severe drift) DAGs, or `dvc repro` (the
+stages call `python -m jobs.retrain --stage ...`).
 """
 
 from __future__ import annotations
