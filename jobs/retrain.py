@@ -184,7 +184,9 @@ def validate_training_set(settings: Settings, run_id: str, built: dict[str, Any]
     examples = pd.read_parquet(built["examples_path"]).drop(columns=["batch_id"])
     # The suite's row-count bounds are per micro-batch; a training set over days of history is not one.
     report = validate_examples(examples, load_suite_json(settings.params.validation.suite), reports_dir / "data_docs",
-                               UNBOUNDED_EXAMPLE_ROWS)
+                               UNBOUNDED_EXAMPLE_ROWS, run_name=run_id,
+                               asset_name=f"features.examples retrain training set, batches {built['batch_ids'][0]}-"
+                                          f"{built['batch_ids'][-1]}" if built["batch_ids"] else "features.examples retrain training set")
     share = report["failing_rows"] / len(examples) if len(examples) else 0.0
     limit = settings.params.validation.max_bad_row_share
     summary = {"run_id": run_id, "status": "passed" if share <= limit else "failed", "examples": len(examples),
@@ -217,9 +219,8 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
     candidate_dir, finite = stage_candidate(registry, run_id, result)
     holdout.drop(columns=["batch_id"]).to_parquet(candidate_dir / HOLDOUT_FILE, index=False)
     # The new drift reference: a sample of what this model learned from.
-    # Every column the drift tests read (numeric and, where configured, categorical features).
-    reference_columns = tuple(getattr(params.drift, "reference_columns", params.drift.features))
-    drift_reference_sample(training, reference_columns, params.drift.reference_max_rows,
+    # Every column the drift tests read, under the feature store's names; a missing one is an error.
+    drift_reference_sample(training, params.drift.reference_columns, params.drift.reference_max_rows,
                            params.base.seed).to_parquet(candidate_dir / REFERENCE_FILE, index=False)
     metadata = {
         "run_id": run_id,

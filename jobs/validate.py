@@ -1,6 +1,10 @@
-"""validate: run the Great Expectations suite on a cycle's new training examples and build Data Docs.
+"""validate: run the Great Expectations suites on a cycle's new training examples and build Data Docs.
 
-The suite is data (expectations/<suite>.json). The bad-row share is (quarantined records + example rows that
+Both suites (validation.suite on the examples, validation.raw_suite on the records they came from) run in one GX
+context into one Data Docs site, reports/runs/<run>/data_docs/: its index lists both results, each page names the run
+and the batches, and loads its CSS/JS from the site's static/ folder, so the site renders styled offline.
+
+Suites are data (expectations/<suite>.json). The bad-row share is (quarantined records + example rows that
 break a row-level expectation) / landed records. Above `validation.max_bad_row_share` the step raises
 `ValidationFailed` with the top reasons and the Data Docs path, so the Airflow run fails and nothing is trained.
 
@@ -11,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,11 +51,50 @@ def load_suite_json(name: str) -> dict[str, Any]:
 
 
 def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_dir: Path,
-                      expectation_parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one suite on one DataFrame with an ephemeral GX context; Data Docs are built into docs_dir.
+                      expectation_parameters: dict[str, Any] | None = None, *, run_name: str | None = None,
+                      asset_name: str = "examples") -> dict[str, Any]:
+    """One suite on one DataFrame: validate_suites with a single suite."""
+    return validate_suites(examples, [suite_json], docs_dir, expectation_parameters, run_name=run_name,
+                           asset_name=asset_name)[suite_json["name"]]
 
-    Returns the failed expectations, the number of failing rows and `row_failures`: row position -> the
-    expectations ("type(column)") that row broke."""
+
+def validate_suites(examples: pd.DataFrame, suites: list[dict[str, Any]], docs_dir: Path,
+                    expectation_parameters: dict[str, Any] | None = None, *, run_name: str | None = None,
+                    asset_name: str = "examples") -> dict[str, dict[str, Any]]:
+    """Run several suites on one DataFrame in one ephemeral GX context and build one Data Docs site for all.
+
+    One context, because a site build drops every page whose result is not in the building context's stores: a
+    context per suite left only the last suite's pages. The pages name `asset_name` and `run_name` (the Airflow run
+    id), and load their CSS/JS from the site itself (see VENDOR_ASSETS), so they render styled offline.
+
+    Returns, per suite name: the failed expectations, the number of failing rows, `row_failures` (row position -> the
+    expectations "type(column)" that row broke), `data_docs` (the site's index) and `data_docs_page` (this suite's
+    validation page)."""
+    names = [s["name"] for s in suites]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"validate_suites needs one or more distinct suites, got {names}")
+    context = gx_context(docs_dir)
+    checkpoint = add_checkpoint(context, suites, asset_name)
+    import great_expectations as gx  # imported by gx_context, with analytics off
+
+    run_id = gx.RunIdentifier(run_name=run_name) if run_name else None
+    result = checkpoint.run(batch_parameters={"dataframe": examples.reset_index(drop=True)},
+                            expectation_parameters=expectation_parameters or {}, run_id=run_id)
+    for key, validation in result.run_results.items():
+        # A DataFrame batch records no asset name where the page header reads it ("Data asset: None").
+        validation.meta["batch_spec"]["data_asset_name"] = asset_name
+        context.validation_results_store.set(key, validation)
+    context.build_data_docs(site_names=["tidal"])
+    entries = [SiteEntry(key.expectation_suite_identifier.name, docs_page(context, key),
+                         docs_page(context, key.expectation_suite_identifier), validation)
+               for key, validation in result.run_results.items()]
+    make_site_offline(docs_dir)
+    write_site_index(docs_dir, entries)
+    return {e.suite: {**suite_report(e.validation), "data_docs": str(docs_dir / "index.html"),
+                      "data_docs_page": str(e.validation_page)} for e in entries}
+
+
+def gx_context(docs_dir: Path) -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -61,32 +106,191 @@ def validate_examples(examples: pd.DataFrame, suite_json: dict[str, Any], docs_d
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
-    suite = context.suites.add(gx.ExpectationSuite(**suite_json))
-    batch = context.data_sources.add_pandas("tidal").add_dataframe_asset("examples").add_batch_definition_whole_dataframe("batch")
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="tidal", validation_definitions=[definition],
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tidal"])],
-        result_format={"result_format": "COMPLETE"}))
-    result = checkpoint.run(batch_parameters={"dataframe": examples.reset_index(drop=True)},
-                            expectation_parameters=expectation_parameters or {})
+    return context
+
+
+def add_checkpoint(context: Any, suites: list[dict[str, Any]], asset_name: str) -> Any:
+    """One validation definition per suite, all on the same whole-DataFrame batch; Data Docs are built after."""
+    import great_expectations as gx
+
+    asset = context.data_sources.add_pandas("tidal").add_dataframe_asset(asset_name)
+    batch = asset.add_batch_definition_whole_dataframe("batch")
+    definitions = [context.validation_definitions.add(gx.ValidationDefinition(
+        name=s["name"], data=batch, suite=context.suites.add(gx.ExpectationSuite(**s)))) for s in suites]
+    return context.checkpoints.add(gx.Checkpoint(name="tidal", validation_definitions=definitions, actions=[],
+                                                 result_format={"result_format": "COMPLETE"}))
+
+
+def suite_report(validation: Any) -> dict[str, Any]:
     failing_rows: set[int] = set()
     row_failures: dict[int, list[str]] = {}
     failed: list[dict[str, Any]] = []
-    for validation in result.run_results.values():
-        for r in validation.results:
-            if r.success:
-                continue
-            column = r.expectation_config.kwargs.get("column")
-            rows = r.result.get("unexpected_index_list") or []
-            failing_rows.update(int(i) for i in rows)
-            for i in rows:
-                row_failures.setdefault(int(i), []).append(f"{r.expectation_config.type}({column})")
-            failed.append({"expectation": r.expectation_config.type, "column": column,
-                           "unexpected_count": r.result.get("unexpected_count"),
-                           "observed_value": r.result.get("observed_value")})
-    return {"success": bool(result.success), "failed_expectations": failed, "failing_rows": len(failing_rows),
-            "row_failures": row_failures, "data_docs": str(docs_dir / "index.html")}
+    for r in validation.results:
+        if r.success:
+            continue
+        column = r.expectation_config.kwargs.get("column")
+        rows = r.result.get("unexpected_index_list") or []
+        failing_rows.update(int(i) for i in rows)
+        for i in rows:
+            row_failures.setdefault(int(i), []).append(f"{r.expectation_config.type}({column})")
+        failed.append({"expectation": r.expectation_config.type, "column": column,
+                       "unexpected_count": r.result.get("unexpected_count"),
+                       "observed_value": r.result.get("observed_value")})
+    return {"success": bool(validation.success), "failed_expectations": failed, "failing_rows": len(failing_rows),
+            "row_failures": row_failures}
+
+
+def docs_page(context: Any, resource_identifier: Any) -> Path:
+    """The file of a validation result's (or suite's) page in the tidal site."""
+    from urllib.parse import unquote, urlparse
+
+    url = context.get_docs_sites_urls(resource_identifier=resource_identifier, site_name="tidal")[0]["site_url"]
+    return Path(unquote(urlparse(url).path))
+
+
+class SiteEntry(NamedTuple):
+    """One suite's validation result in a Data Docs site, and the site's pages that show it."""
+    suite: str
+    validation_page: Path
+    suite_page: Path
+    validation: Any
+
+
+# GX's page templates load these stylesheets and scripts from CDNs. Each maps to the file under the site's
+# static/vendor/ that replaces it (copied from a pinned XStatic package, VENDOR_FILES), or to None: the tag is dropped
+# because what it served is in another file (Popper is inside Bootstrap's bundle) or is not needed offline.
+# bootstrap-table (and its date-picker filter) only draws GX's own index, which write_site_index replaces with a
+# static table, since no PyPI package ships bootstrap-table; the other pages' tables are plain Bootstrap tables.
+# bootstrap-dark only restyles the pages for a dark desktop theme. A URL not listed stays as it is (the offline
+# test catches a GX upgrade that adds one).
+VENDOR_ASSETS: dict[str, str | None] = {
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap/css/bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap/js/bootstrap.bundle.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/": None,
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery/jquery.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": "font-awesome/css/all.min.css",
+    "https://unpkg.com/bootstrap-table@": None,
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/": None,
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@": None,
+}
+# Vega draws the charts of distribution expectations; tidal's suites have none, and no PyPI package ships Vega 5 and
+# Vega-Lite 5. So a page that embeds no chart drops these scripts, and one that does keeps them: the one optional
+# online asset (offline, the page renders styled, without its charts).
+OPTIONAL_CDN_ASSETS = ("https://cdn.jsdelivr.net/npm/vega@", "https://cdn.jsdelivr.net/npm/vega-lite@",
+                       "https://cdn.jsdelivr.net/npm/vega-embed@")
+# site's static/vendor/<folder>/ <- the XStatic package and the files or folders under its BASE_DIR that pages use
+VENDOR_FILES = {
+    "bootstrap": ("xstatic.pkg.bootstrap", ["css/bootstrap.min.css", "js/bootstrap.bundle.min.js"]),
+    "jquery": ("xstatic.pkg.jquery", ["jquery.min.js"]),
+    "font-awesome": ("xstatic.pkg.font_awesome", ["css/all.min.css", "webfonts"]),
+}
+ASSET_TAG = re.compile(r'<(?:script|link)\b[^>]*?\b(?:src|href)="(?P<url>https?://[^"]+)"[^>]*>(?:\s*</script>)?')
+SUBRESOURCE_INTEGRITY = re.compile(r'\s(?:integrity|crossorigin)(?:="[^"]*")?')
+# The navbar logo (an <img>, and a background in GX's inline style): GX ships the same logo in static/images/.
+GX_WEB_ASSET = re.compile(
+    r'https://great-expectations-web-assets\.s3\.us-east-2\.amazonaws\.com/(?P<name>[\w.-]+)(?:\?[^"\')]*)?')
+SITE_STATIC_LINK = re.compile(r'(?P<attr>\b(?:src|href)=")(?:\.\./)+static/')
+
+
+def make_site_offline(docs_dir: Path) -> None:
+    """Copy the pages' CSS/JS next to the site and point every page at them with relative links."""
+    import importlib
+
+    for folder, (module, names) in VENDOR_FILES.items():
+        base = Path(importlib.import_module(module).BASE_DIR)
+        for name in names:
+            target = docs_dir / "static" / "vendor" / folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (base / name).is_dir():
+                shutil.copytree(base / name, target, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(base / name, target)
+    for page in docs_dir.rglob("*.html"):
+        page.write_text(offline_html(page.read_text(), page.relative_to(docs_dir)))
+
+
+def offline_html(text: str, page: Path) -> str:
+    """A page's HTML with its CDN stylesheets, scripts and logo replaced by the site's own (page: relative to the
+    site's root)."""
+    root = "/".join([".."] * (len(page.parts) - 1)) or "."
+    has_charts = "vegaEmbed(" in text
+
+    def local_tag(match: re.Match) -> str:
+        url = match.group("url")
+        if url.startswith(OPTIONAL_CDN_ASSETS):
+            return match.group(0) if has_charts else ""
+        prefix = next((p for p in VENDOR_ASSETS if url.startswith(p)), None)
+        if prefix is None:
+            return match.group(0)
+        if VENDOR_ASSETS[prefix] is None:
+            return ""
+        # The SRI hashes are the CDN files'; the local file is another build of the same library.
+        local = match.group(0).replace(url, f"{root}/static/vendor/{VENDOR_ASSETS[prefix]}")
+        return SUBRESOURCE_INTEGRITY.sub("", local)
+
+    def local_image(match: re.Match) -> str:
+        name = "logo-long.png" if match.group("name") == "full_logo_dark.png" else match.group("name")
+        return f"{root}/static/images/{name}"
+
+    text = GX_WEB_ASSET.sub(local_image, ASSET_TAG.sub(local_tag, text))
+    # GX links a validation page's favicon one level short of the site's root.
+    return SITE_STATIC_LINK.sub(lambda m: f"{m.group('attr')}{root}/static/", text)
+
+
+SITE_INDEX = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Data Docs: {title}</title>
+  <link rel="icon" href="static/images/favicon.ico">
+  <link rel="stylesheet" href="static/vendor/bootstrap/css/bootstrap.min.css">
+  <link rel="stylesheet" href="static/vendor/font-awesome/css/all.min.css">
+</head>
+<body>
+<nav class="navbar sticky-top border-bottom bg-white" style="height: 70px">
+  <img src="static/images/logo-long.png" alt="Great Expectations" style="width: auto; height: 50px">
+  <span class="navbar-text">{title}</span>
+</nav>
+<main class="container-fluid mt-4">
+  <h1 class="h4">Validation Results</h1>
+  <table class="table table-sm table-hover">
+    <thead><tr><th>Status</th><th>Expectation Suite</th><th>Data Asset</th><th>Run Name</th><th>Run Time</th>
+      <th>Failed Expectations</th></tr></thead>
+    <tbody>
+{rows}
+    </tbody>
+  </table>
+  <h2 class="h4 mt-4">Expectation Suites</h2>
+  <ul>
+{suites}
+  </ul>
+</main>
+</body>
+</html>
+"""
+
+
+def write_site_index(docs_dir: Path, entries: list[SiteEntry]) -> None:
+    """The site's index.html: a static table of the suites' results linking each one's pages (GX's own index draws
+    its table with bootstrap-table, which cannot be served offline; see VENDOR_ASSETS)."""
+    from urllib.parse import quote
+
+    def link(page: Path, text: str) -> str:
+        return f'<a href="{quote(page.relative_to(docs_dir).as_posix())}">{html.escape(text)}</a>'
+
+    rows, suites = [], []
+    for e in entries:
+        run, stats = e.validation.meta["run_id"], e.validation.statistics
+        status = ('<i class="fas fa-check-circle text-success"></i> Succeeded' if e.validation.success
+                  else '<i class="fas fa-times text-danger"></i> Failed')
+        rows.append(f"      <tr><td>{status}</td><td>{link(e.validation_page, e.suite)}</td>"
+                    f"<td>{html.escape(str(e.validation.asset_name))}</td><td>{html.escape(run.run_name or '')}</td>"
+                    f"<td>{run.run_time:%Y-%m-%d %H:%M:%S} UTC</td><td>{stats['unsuccessful_expectations']} of "
+                    f"{stats['evaluated_expectations']}</td></tr>")
+        suites.append(f"    <li>{link(e.suite_page, e.suite)}</li>")
+    title = f"run {entries[0].validation.meta['run_id'].run_name}" if entries else "no validations"
+    (docs_dir / "index.html").write_text(SITE_INDEX.format(title=html.escape(title), rows="\n".join(rows),
+                                                           suites="\n".join(suites)))
 
 
 def suite_parameters(layout: StorageLayout, settings: Settings, batch_ids: list[int]) -> dict[str, Any]:
@@ -162,6 +366,16 @@ def quarantine_failing_rows(layout: StorageLayout, frames: dict[int, pd.DataFram
     return moved
 
 
+def examples_asset_name(batch_ids: list[int]) -> str:
+    """The Data Docs name of the examples validated together: "features.examples batches 3-4" (or "batch 3",
+    "batches 1,3")."""
+    ids = sorted(batch_ids)
+    if len(ids) == 1:
+        return f"features.examples batch {ids[0]}"
+    contiguous = ids == list(range(ids[0], ids[-1] + 1))
+    return f"features.examples batches {f'{ids[0]}-{ids[-1]}' if contiguous else ','.join(map(str, ids))}"
+
+
 def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_dir: Path) -> dict[str, Any]:
     layout = StorageLayout(settings.home)
     if not batch_ids:
@@ -172,10 +386,10 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
     frames = {b: pd.read_parquet(layout.examples_batch(b)) for b in batch_ids if layout.examples_batch(b).exists()}
     examples = (pd.concat(frames.values(), ignore_index=True) if frames else load_examples(layout, batch_ids))
     parameters = suite_parameters(layout, settings, batch_ids)
-    report = validate_examples(examples, load_suite_json(settings.params.validation.suite), reports_dir / "data_docs",
-                               parameters)
-    raw = validate_examples(examples, load_suite_json(settings.params.validation.raw_suite),
-                            reports_dir / "data_docs", parameters)
+    suites = [load_suite_json(settings.params.validation.suite), load_suite_json(settings.params.validation.raw_suite)]
+    reports = validate_suites(examples, suites, reports_dir / "data_docs", parameters, run_name=run_id,
+                              asset_name=examples_asset_name(batch_ids))
+    report, raw = (reports[s["name"]] for s in suites)
     row_failures = {i: report["row_failures"].get(i, []) + raw["row_failures"].get(i, [])
                     for i in set(report["row_failures"]) | set(raw["row_failures"])}
     report["failed_expectations"] += [{**f, "suite": settings.params.validation.raw_suite}
@@ -189,6 +403,7 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
                "failing_example_rows": report["failing_rows"], "bad_row_share": round(share, 6),
                "max_bad_row_share": threshold, "failed_expectations": report["failed_expectations"],
                "quarantine_reasons": counts["quarantine_reasons"], "data_docs": report["data_docs"],
+               "data_docs_pages": {name: r["data_docs_page"] for name, r in reports.items()},
                "row_count_bounds": [parameters["min_rows"], parameters["max_rows"]],
                "example_row_count_bounds": [parameters["examples_min_rows"], parameters["examples_max_rows"]]}
     # Failing rows leave the examples whether or not the batch passes: on a pass the rest goes on to training.

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from jobs.features import batch_manifest_path
-from jobs.validate import UNBOUNDED_EXAMPLE_ROWS, ValidationFailed, load_suite_json, run_validate, validate_examples
+from jobs.validate import (OPTIONAL_CDN_ASSETS, UNBOUNDED_EXAMPLE_ROWS, ValidationFailed, examples_asset_name,
+                           load_suite_json, offline_html, run_validate, validate_examples, validate_suites)
 from tidal.storage import StorageLayout, atomic_write_json
 
 TYPES = ["view", "click", "add_to_cart", "purchase", "rating"]
@@ -224,3 +229,151 @@ def test_example_row_bounds_follow_training_examples_not_accepted_records(tidal_
     assert summary["row_count_bounds"] == [10, 1000]
     assert summary["example_row_count_bounds"] == [6, 600]
     assert summary["failed_expectations"] == []
+
+
+AIRFLOW_RUN_ID = "scheduled__2026-11-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def validated_site(tidal_env, tmp_path):
+    """One run_validate over batches 3 and 4 under an Airflow run id: its summary and its Data Docs folder."""
+    settings = tidal_env({"validation": {"max_bad_row_share": 0.5}})
+    for batch_id in (3, 4):
+        examples = clean_examples(30)
+        examples["event_id"] = [f"b{batch_id}-{i:03d}" for i in range(30)]
+        write_batch(settings, batch_id, examples, landed=30, reasons={})
+    summary = run_validate(settings, AIRFLOW_RUN_ID, [3, 4], tmp_path / "reports")
+    return summary, tmp_path / "reports" / "data_docs"
+
+
+class PageParser(HTMLParser):
+    """A page's visible text and the assets it loads: (tag, rel, url) of scripts, links and images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.assets: list[tuple[str, str, str]] = []
+        self.styles: list[str] = []
+        self._skip: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        url = attrs.get("src") if tag in ("script", "img") else attrs.get("href") if tag == "link" else None
+        if url:
+            self.assets.append((tag, attrs.get("rel") or "", url))
+        if tag in ("script", "style"):
+            self._skip = tag
+
+    def handle_endtag(self, tag):
+        if tag == self._skip:
+            self._skip = None
+
+    def handle_data(self, data):
+        if self._skip == "style":
+            self.styles.append(data)
+        elif self._skip is None:
+            self.text.append(data)
+
+
+def parse_page(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text())
+    return parser
+
+
+def page_text(path: Path) -> str:
+    return re.sub(r"\s+", " ", " ".join(parse_page(path).text))
+
+
+def test_data_docs_show_both_suites_of_one_run(validated_site):
+    """Both suites go into one site: the second suite's build used to delete the first one's pages."""
+    summary, docs = validated_site
+    validation_pages = sorted((docs / "validations").rglob("*.html"))
+    assert [p.relative_to(docs).parts[:3] for p in validation_pages] == [
+        ("validations", "events", "raw"), ("validations", "features", "examples")]
+    assert (docs / "expectations" / "features" / "examples.html").is_file()
+    assert (docs / "expectations" / "events" / "raw.html").is_file()
+    pages = {suite: Path(page) for suite, page in summary["data_docs_pages"].items()}
+    assert sorted(pages.values()) == validation_pages
+    for suite, page in pages.items():
+        assert f"Expectation Suite: {suite}" in page_text(page)
+    index = docs / "index.html"
+    assert summary["data_docs"] == str(index)
+    linked = {unquote(url) for url in re.findall(r'<a href="([^"]+)"', index.read_text())}
+    assert {p.relative_to(docs).as_posix() for p in validation_pages} <= linked
+    assert {"expectations/features/examples.html", "expectations/events/raw.html"} <= linked
+    index_text = page_text(index)
+    assert "Failed features.examples" not in index_text
+    assert "Succeeded features.examples" in index_text and "Succeeded events.raw" in index_text
+
+
+def test_data_docs_render_from_local_assets_only(validated_site):
+    """No page loads a stylesheet, script or image from the internet; every local one it loads is in the site."""
+    _, docs = validated_site
+    pages = sorted(docs.rglob("*.html"))
+    loaded_css = set()
+    for page in pages:
+        parsed = parse_page(page)
+        online = [url for _, _, url in parsed.assets if re.match(r"https?://", url)]
+        # OPTIONAL_CDN_ASSETS (Vega) stay only on pages that draw charts; tidal's suites draw none.
+        assert online == [], f"{page.relative_to(docs)} loads {online}"
+        inline_urls = re.findall(r"url\(['\"]?([^'\")]+)", "".join(parsed.styles))
+        for _, _, url in parsed.assets + [("style", "", u) for u in inline_urls]:
+            target = (page.parent / unquote(url.split("?")[0])).resolve()
+            assert target.is_file() and target.is_relative_to(docs.resolve()), f"{page.relative_to(docs)}: {url}"
+            if target.suffix == ".css":
+                loaded_css.add(target)
+        assert "static/vendor/bootstrap/js/bootstrap.bundle.min.js" in page.read_text() or page.name == "index.html"
+    assert len(pages) == 5  # the index, two suite pages, two validation pages
+    assert {p.name for p in loaded_css} == {"bootstrap.min.css", "all.min.css"}
+    for css in loaded_css:
+        for url in re.findall(r"url\(['\"]?([^'\")]+)", css.read_text()):
+            assert not re.match(r"https?://", url), f"{css.name} loads {url}"
+            if not url.startswith("data:"):  # inline images
+                assert (css.parent / url.split("?")[0].split("#")[0]).is_file(), f"{css.name}: {url}"
+    vendor = docs / "static" / "vendor"
+    assert "Bootstrap v4.5.3" in (vendor / "bootstrap" / "css" / "bootstrap.min.css").read_text()[:200]
+    assert "jQuery v3.7.1" in (vendor / "jquery" / "jquery.min.js").read_text()[:200]
+    assert "Font Awesome Free 6.2.1" in (vendor / "font-awesome" / "css" / "all.min.css").read_text()[:200]
+
+
+def test_a_page_with_charts_keeps_only_the_optional_chart_scripts_online():
+    page = ('<link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>'
+            '<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>'
+            '<script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" integrity="sha384-x" '
+            'crossorigin="anonymous"></script><script>vegaEmbed("#c", spec)</script>')
+    charted = offline_html(page, Path("validations/a/b.html"))
+    assert charted == ('<link rel="stylesheet" href="../../static/vendor/bootstrap/css/bootstrap.min.css"/>'
+                       '<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>'
+                       '<script src="../../static/vendor/bootstrap/js/bootstrap.bundle.min.js"></script>'
+                       '<script>vegaEmbed("#c", spec)</script>')
+    assert "https://cdn.jsdelivr.net/npm/vega@5".startswith(OPTIONAL_CDN_ASSETS)
+    plain = offline_html(page.replace('vegaEmbed("#c", spec)', ""), Path("index.html"))
+    assert "vega" not in plain and 'href="./static/vendor/bootstrap/css/bootstrap.min.css"' in plain
+
+
+def test_data_docs_name_the_airflow_run_and_the_examples_batches(validated_site):
+    """Pages used to say "Data asset: None" and "Run Name __none__"."""
+    summary, docs = validated_site
+    pages = sorted((docs / "validations").rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page_text(page)
+        assert f"Run Name {AIRFLOW_RUN_ID}" in text
+        assert "Data asset: features.examples batches 3-4" in text
+        assert page.relative_to(docs).parts[3] == AIRFLOW_RUN_ID
+    assert sorted(Path(p) for p in summary["data_docs_pages"].values()) == pages
+    index_text = page_text(docs / "index.html")
+    assert f"Data Docs: run {AIRFLOW_RUN_ID}" in (docs / "index.html").read_text()
+    assert index_text.count(f"features.examples batches 3-4 {AIRFLOW_RUN_ID}") == 2
+
+
+def test_examples_asset_name_names_the_batches():
+    assert examples_asset_name([3]) == "features.examples batch 3"
+    assert examples_asset_name([4, 3]) == "features.examples batches 3-4"
+    assert examples_asset_name([1, 3]) == "features.examples batches 1,3"
+
+
+def test_validate_suites_refuses_the_same_suite_twice(suite, tmp_path):
+    with pytest.raises(ValueError, match="distinct suites, got \\['features.examples', 'features.examples'\\]"):
+        validate_suites(clean_examples(10), [suite, suite], tmp_path / "docs", UNBOUNDED_EXAMPLE_ROWS)
