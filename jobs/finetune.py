@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 from dataclasses import fields
 from pathlib import Path
@@ -66,9 +65,25 @@ def boosted_for_drift(cfg, layout: StorageLayout, drift_params) -> tuple[Any, bo
 
 
 def drift_reference_sample(examples: pd.DataFrame, features: tuple[str, ...], max_rows: int, seed: int) -> pd.DataFrame:
-    present = [f for f in features if f in examples.columns]
-    sample = examples[present]
+    """The drift reference stored with a model: its training examples' drift features, under the feature store's
+    names (the training frames call event_weight `weight`), at most `max_rows` of them. Every feature must be there:
+    a reference without one would make every later drift run of the chain skip that feature."""
+    from jobs.drift import require_features, with_feature_store_names
+
+    examples = with_feature_store_names(examples)
+    require_features(examples, features, "training examples")
+    sample = examples[list(features)]
     return sample.sample(n=max_rows, random_state=seed) if len(sample) > max_rows else sample
+
+
+def drift_reference_for(production, training: pd.DataFrame, drift_params, seed: int) -> pd.DataFrame:
+    """An incremental candidate carries its parent's reference (the anchor's training sample), checked complete so
+    a reference from before a feature was kept is not copied into new versions; a first model samples its own."""
+    from jobs.drift import production_reference
+
+    if production is not None:
+        return production_reference(production, drift_params)
+    return drift_reference_sample(training, drift_params.reference_columns, drift_params.reference_max_rows, seed)
 
 
 def stage_candidate(registry: Registry, run_id: str, result) -> tuple[Path, bool]:
@@ -104,6 +119,8 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
 
     train_part, holdout = split_holdout(new, params.gate.holdout_fraction)
     training = pd.concat([pending, train_part], ignore_index=True)
+    # Before training, so a configured drift feature the data lacks fails the run in seconds, not after the epochs.
+    reference = drift_reference_for(production, training, params.drift, params.base.seed)
     init_from = Checkpoint.load(production.model_path) if production else None
     if production:
         cfg, summary["drift_boost"] = boosted_for_drift(cfg, layout, params.drift)
@@ -122,11 +139,7 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
 
     candidate_dir, finite = stage_candidate(registry, run_id, result)
     holdout.to_parquet(candidate_dir / HOLDOUT_FILE, index=False)
-    if production:
-        shutil.copyfile(production.path / REFERENCE_FILE, candidate_dir / REFERENCE_FILE)
-    else:
-        drift_reference_sample(training, params.drift.reference_columns, params.drift.reference_max_rows,
-                               params.base.seed).to_parquet(candidate_dir / REFERENCE_FILE, index=False)
+    reference.to_parquet(candidate_dir / REFERENCE_FILE, index=False)
     times = pd.to_datetime(new["timestamp"], unit="s", utc=True)
     metadata = {
         "run_id": run_id,

@@ -48,14 +48,17 @@ def test_result_matches_scipy(samples):
     assert json.loads(json.dumps(x)) == x  # plain JSON types
 
 
-def test_missing_feature_gives_no_decision_with_a_note(samples):
-    current = samples["same"].drop(columns=["y"])
-    x, y, z = ks_drift(samples["reference"], current, ("x", "y", "z"), ALPHA)
-    assert x["statistic"] is not None
-    for r, ref_n in ((y, 2000), (z, 0)):
-        assert (r["statistic"], r["p_value"], r["drift"]) == (None, None, False)
-        assert r["note"] == "no data on one side"
-        assert (r["reference_n"], r["current_n"]) == (ref_n, 0)
+def test_a_configured_feature_missing_on_either_side_is_an_error_naming_feature_side_and_columns(samples):
+    from jobs.drift import MissingDriftFeature, drift_tests
+
+    params = drift_params(features=("x", "y"))
+    with pytest.raises(MissingDriftFeature) as err:
+        drift_tests(samples["reference"], samples["same"].drop(columns=["y"]), params)
+    assert str(err.value) == ("configured drift feature 'y' (params.yaml drift.features / categorical_features) is "
+                              "not a column of the current window; its columns are ['x']")
+    with pytest.raises(MissingDriftFeature, match=r"'event_type' .* not a column of the reference; its columns are "
+                                                  r"\['x', 'y'\]"):
+        drift_tests(samples["reference"], samples["same"], drift_params(categorical_features=("event_type",)))
 
 
 def test_nans_are_left_out_of_both_samples():
@@ -68,17 +71,84 @@ def test_nans_are_left_out_of_both_samples():
 
 
 def test_plot_file_is_written(samples, tmp_path):
-    features = ("x", "y", "absent")
-    results = ks_drift(samples["reference"], samples["shifted"], features, ALPHA)
+    results = ks_drift(samples["reference"], samples["shifted"], ("x", "y"), ALPHA)
     path = tmp_path / "nested" / "drift.png"
     plot_drift(samples["reference"], samples["shifted"], results, path)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_histogram_bins_of_a_heavy_tailed_feature_spread_the_mass():
+    """Equal-width bins put ~all of a log-normal(2.5, 2) in the first bin; pooled quantile bins do not."""
+    from jobs.drift import bin_shares, histogram_bins
+
+    rng = np.random.default_rng(8)
+    reference, current = rng.lognormal(2.5, 2.0, 5000), rng.lognormal(3.5, 2.0, 2000)
+    equal_width, _ = np.histogram(np.concatenate([reference, current]), bins=30)
+    assert equal_width.max() / equal_width.sum() > 0.9  # the old plot: one tall bar, 29 empty ones
+    edges = histogram_bins(reference, current, max_bins=30)
+    assert len(edges) == 31 and edges[0] == min(reference.min(), current.min()) and edges[-1] == max(
+        reference.max(), current.max())
+    pooled = bin_shares(np.concatenate([reference, current]), edges)
+    assert pooled.sum() == pytest.approx(1.0) and pooled.max() <= 2 / 30
+    # The shift shows: the current window has more mass in the top bins than the reference.
+    assert bin_shares(current, edges)[-10:].sum() > bin_shares(reference, edges)[-10:].sum() + 0.1
+
+
+def test_histogram_bins_of_a_discrete_feature_are_one_bin_per_value():
+    from jobs.drift import bin_shares, histogram_bins
+
+    reference, current = np.array([1.0] * 70 + [2.0] * 20 + [5.0] * 10), np.array([1.0] * 50 + [3.0] * 50)
+    edges = histogram_bins(reference, current, max_bins=30)
+    assert list(edges) == [0.5, 1.5, 2.5, 4.0, 6.0]
+    assert list(bin_shares(reference, edges)) == pytest.approx([0.7, 0.2, 0.0, 0.1])
+    assert list(bin_shares(current, edges)) == pytest.approx([0.5, 0.0, 0.5, 0.0])
+    assert list(histogram_bins(np.array([4.0, 4.0]), np.array([4.0]), 30)) == [3.5, 4.5]  # a constant feature
+
+
+def test_plot_draws_a_heavy_tailed_feature_on_the_quantile_bins(tmp_path):
+    from jobs.drift import bin_shares, histogram_bins
+
+    rng = np.random.default_rng(9)
+    reference = pd.DataFrame({"value": rng.pareto(1.2, 4000)})
+    current = pd.DataFrame({"value": rng.pareto(1.2, 1000)})
+    results = ks_drift(reference, current, ("value",), ALPHA)
+    panels = plot_drift(reference, current, results, tmp_path / "drift.png")
+    edges = histogram_bins(reference["value"].to_numpy(), current["value"].to_numpy())
+    assert panels["value"]["edges"] == pytest.approx(list(edges))
+    assert panels["value"]["reference"] == pytest.approx(list(bin_shares(reference["value"].to_numpy(), edges)))
+    assert max(panels["value"]["reference"]) <= 2 / (len(edges) - 1)
+    assert max(panels["value"]["current"]) <= 3 / (len(edges) - 1)
+
+
+def promote_reference(layout, reference: pd.DataFrame) -> None:
+    """A production v000001 whose stored drift reference is `reference`."""
+    from tidal.registry import METADATA_FILE, MODEL_FILE, REFERENCE_FILE, Registry
+
+    registry = Registry(layout.registry)
+    staged = registry.new_candidate_dir("run-0")
+    (staged / MODEL_FILE).write_bytes(b"weights")
+    (staged / METADATA_FILE).write_text(json.dumps({"run_id": "run-0", "kind": "full", "last_batch_id": 0}))
+    reference.to_parquet(staged / REFERENCE_FILE, index=False)
+    registry.promote_candidate("run-0", reason="first")
+
+
+def write_examples(layout, batch_id: int, examples: pd.DataFrame) -> None:
+    """An examples batch in the feature store, with the features job's column names (event_weight, not weight)."""
+    batch = layout.examples_batch(batch_id)
+    batch.mkdir(parents=True)
+    examples.assign(event_id=[f"e{batch_id}-{n}" for n in range(len(examples))],
+                    timestamp=np.arange(float(len(examples)))).to_parquet(batch / "part-0.parquet", index=False)
+    (batch / "_SUCCESS").touch()
+
+
+def store_examples(rng, n: int, hours: tuple[int, int]) -> pd.DataFrame:
+    return pd.DataFrame({"hour_of_day": rng.integers(*hours, n), "event_weight": rng.choice([1.0, 2.0], n),
+                         "event_type": rng.choice(["view", "click"], n), "item_id": rng.choice(["a", "b", "c"], n)})
+
+
 def test_run_drift_compares_new_batches_with_the_production_reference(tidal_env, tmp_path):
     from jobs.drift import run_drift
-    from tidal.registry import METADATA_FILE, MODEL_FILE, REFERENCE_FILE, Registry
     from tidal.storage import StorageLayout
 
     settings = tidal_env({"drift": {"features": ["hour_of_day", "event_weight"], "alpha": ALPHA}})
@@ -90,35 +160,75 @@ def test_run_drift_compares_new_batches_with_the_production_reference(tidal_env,
     assert json.loads((reports / "drift.json").read_text())["status"] == "skipped"
 
     rng = np.random.default_rng(7)
-    registry = Registry(layout.registry)
-    staged = registry.new_candidate_dir("run-0")
-    (staged / MODEL_FILE).write_bytes(b"weights")
-    (staged / METADATA_FILE).write_text(json.dumps({"run_id": "run-0", "kind": "full", "last_batch_id": 0}))
-    pd.DataFrame({"hour_of_day": rng.integers(0, 12, 500), "event_weight": rng.choice([1.0, 2.0], 500)}) \
-        .to_parquet(staged / REFERENCE_FILE, index=False)
-    registry.promote_candidate("run-0", reason="first")
-    # The new batch: evening hours (drift), same event-type weights (no drift).
-    batch = layout.examples_batch(1)
-    batch.mkdir(parents=True)
-    pd.DataFrame({"event_id": [f"e{n}" for n in range(400)], "timestamp": np.arange(400.0),
-                  "hour_of_day": rng.integers(12, 24, 400), "event_weight": rng.choice([1.0, 2.0], 400)}) \
-        .to_parquet(batch / "part-0.parquet", index=False)
+    promote_reference(layout, store_examples(rng, 500, (0, 12)))
+    # The new batch: evening hours (drift), same event-type weights, types and items (no drift).
+    write_examples(layout, 1, store_examples(rng, 400, (12, 24)))
 
     summary = run_drift(settings, "run-1", [1], reports)
     assert summary["status"] == "tested" and summary["reference_version"] == "v000001"
     by_feature = {r["feature"]: r for r in summary["features"]}
+    assert list(by_feature) == ["hour_of_day", "event_weight", "event_type", "item_id"]
     assert by_feature["hour_of_day"]["drift"] is True and by_feature["hour_of_day"]["statistic"] == 1.0
-    assert by_feature["event_weight"]["drift"] is False
+    # event_weight reaches the test on both sides (the feature store's name, though load_examples says `weight`).
+    weight = by_feature["event_weight"]
+    assert (weight["reference_n"], weight["current_n"], weight["drift"]) == (500, 400, False)
+    assert 0.0 <= weight["statistic"] < 0.1 and weight["p_value"] > ALPHA and "note" not in weight
+    assert all(r["statistic"] is not None and (r["reference_n"], r["current_n"]) == (500, 400)
+               for r in summary["features"])
     assert summary["drift"] is True
     # KS = 1.0 is beyond drift.d_severe: the DAG triggers a full retrain, and fine-tune trains harder meanwhile.
     assert (summary["response"], summary["boost"]) == ("severe", True)
-    # The stored reference has no categorical columns: those tests give no decision and say why.
-    assert {r["feature"]: r.get("note") for r in summary["features"] if r["test"] != "ks"} == \
-        {"event_type": "no data on one side", "item_id": "no data on one side"}
     assert json.loads((reports / "drift.json").read_text())["features"] == summary["features"]
     assert (reports / "drift.png").stat().st_size > 0
     page = (reports / "drift.html").read_text()
     assert "<h1>Drift: severe</h1>" in page and "hour_of_day" in page and "data:image/png;base64,iVBOR" in page
+
+
+def test_each_verdict_is_one_log_line_of_the_tidal_drift_logger(tidal_env, tmp_path, caplog):
+    import logging
+
+    from jobs.drift import run_drift
+    from tidal.storage import StorageLayout
+
+    settings = tidal_env({"drift": {"features": ["hour_of_day", "event_weight"], "alpha": ALPHA}})
+    layout = StorageLayout(settings.home).ensure()
+    rng = np.random.default_rng(7)
+    promote_reference(layout, store_examples(rng, 500, (0, 12)))
+    write_examples(layout, 1, store_examples(rng, 400, (12, 24)))
+    with caplog.at_level(logging.INFO, logger="tidal.drift"):
+        summary = run_drift(settings, "run-1", [1], tmp_path / "reports")
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "tidal.drift"]
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "tidal.drift")
+    assert len(lines) == 5  # one per configured feature, then the run's response
+    for line, r in zip(lines, summary["features"]):
+        assert line == (f"drift {r['feature']}: {r['test']} statistic={r['statistic']:.4g} effect={r['effect']:.4g} "
+                        f"p={r['p_value']:.3g} q={r['q_value']:.3g} n ref={r['reference_n']} cur={r['current_n']} "
+                        f"-> {r['severity']}")
+    assert lines[0].startswith("drift hour_of_day: ks statistic=1 effect=1 p=") and lines[0].endswith(
+        "n ref=500 cur=400 -> severe")
+    assert lines[1].startswith("drift event_weight: ks statistic=0.0") and "n ref=500 cur=400" in lines[1]
+    assert lines[4] == f"drift response: severe (reference v000001); report: {summary['html']}"
+
+
+def test_a_reference_written_before_event_weight_was_kept_is_refused_with_the_remedy(tidal_env, tmp_path):
+    """References stored by versions before the fix have no event_weight column: say so, and how to get a new one."""
+    from jobs.drift import MissingDriftFeature, run_drift
+    from tidal.storage import StorageLayout
+
+    settings = tidal_env()
+    layout = StorageLayout(settings.home).ensure()
+    rng = np.random.default_rng(7)
+    old = store_examples(rng, 500, (0, 12)).drop(columns=["event_weight"]).assign(value=rng.normal(0, 1, 500))
+    promote_reference(layout, old)
+    write_examples(layout, 1, store_examples(rng, 400, (0, 12)).assign(value=rng.normal(0, 1, 400)))
+    with pytest.raises(MissingDriftFeature) as err:
+        run_drift(settings, "run-1", [1], tmp_path / "reports")
+    message = str(err.value)
+    assert "'event_weight'" in message and "reference of production v000001" in message
+    assert "['event_type', 'hour_of_day', 'item_id', 'value']" in message
+    assert "tidal retrain --reason" in message and "tidal_full_retrain" in message
+    assert not (tmp_path / "reports" / "drift.json").exists()  # no half-made verdict
 
 
 # ---- the decision rule: Benjamini-Hochberg + minimum effect, categorical tests, graded response ----------------

@@ -126,3 +126,89 @@ def test_too_few_new_examples_skip_training(tidal_env):
     assert result["finetune"]["status"] == "skipped" and "min_examples" in result["finetune"]["reason"]
     assert result["gate"]["status"] == "skipped" and result["promote"]["promoted"] is False
     assert json.loads((StorageLayout(settings.home).run_reports("run-1") / "promote.json").read_text())["promoted"] is False
+
+
+# ---- the drift reference stored with each version: every configured drift feature, under the feature store's name
+
+def test_a_fine_tunes_reference_keeps_event_weight_and_drift_tests_it_on_both_sides(tidal_env):
+    from jobs.drift import run_drift
+    from tidal.registry import REFERENCE_FILE
+
+    settings = tidal_env({"gate": {"recall_tolerance": 1.0}})
+    layout = StorageLayout(settings.home).ensure()
+    first_batch = write_examples_batch(layout, 0, settings, file_index=0)
+    first = cycle(settings, "run-1")  # no production yet: run_finetune trains from scratch and samples a reference
+    registry = Registry(layout.registry)
+    reference = pd.read_parquet(registry.version("v000001").path / REFERENCE_FILE)
+    drift = settings.params.drift
+    assert list(reference.columns) == list(drift.reference_columns)
+    assert list(drift.reference_columns) == ["value", "event_weight", "event_type", "item_id"]
+    assert len(reference) == first["finetune"]["trained_examples"]
+    weights = first_batch.set_index("event_id")["event_weight"]
+    assert reference["event_weight"].notna().all() and set(reference["event_weight"]) <= set(weights)
+
+    second_batch = write_examples_batch(layout, 1, settings, file_index=1)
+    summary = run_drift(settings, "run-2", [1], layout.run_reports("run-2"))
+    event_weight = {r["feature"]: r for r in summary["features"]}["event_weight"]
+    assert (event_weight["reference_n"], event_weight["current_n"]) == (len(reference), len(second_batch))
+    assert 0.0 <= event_weight["statistic"] <= 1.0 and 0.0 <= event_weight["p_value"] <= 1.0
+    assert "note" not in event_weight
+
+    # An incremental candidate carries its parent's reference unchanged (the anchor's training sample).
+    cycle(settings, "run-2")
+    assert pd.read_parquet(registry.version("v000002").path / REFERENCE_FILE).equals(reference)
+
+
+def test_a_full_retrains_reference_keeps_event_weight(tidal_env, tmp_path):
+    """train_from_scratch reads the Spark-built set through load_training_set (event_weight -> weight), as the
+    fine-tune reads load_examples; the reference must still hold event_weight."""
+    from jobs.retrain import train_from_scratch
+    from tidal.registry import REFERENCE_FILE
+
+    settings = tidal_env()
+    layout = StorageLayout(settings.home).ensure()
+    built_examples = pd.concat([write_examples_batch(layout, b, settings, file_index=b).assign(batch_id=b)
+                                for b in (0, 1)], ignore_index=True)
+    path = tmp_path / "retrain-examples"
+    path.mkdir()
+    built_examples.to_parquet(path / "part-0.parquet", index=False)
+    built = {"examples_path": str(path), "batch_ids": [0, 1], "event_time_range": None}
+    request = {"history_days": None, "epochs": 1, "reason": "test", "trigger": "cli", "promote": "auto"}
+
+    trained = train_from_scratch(settings, "retrain-1", built, request)
+    reference = pd.read_parquet(Registry(layout.registry).candidate_dir("retrain-1") / REFERENCE_FILE)
+    assert list(reference.columns) == list(settings.params.drift.reference_columns)
+    assert len(reference) == trained["trained_examples"]
+    assert sorted(reference["event_weight"].unique()) == sorted(built_examples["event_weight"].unique())
+
+
+def test_a_drift_feature_missing_from_the_training_set_refuses_the_reference(tidal_env):
+    from jobs.drift import MissingDriftFeature
+    from jobs.finetune import drift_reference_sample
+
+    settings = tidal_env({"drift": {"features": ["value", "dwell_seconds"]}})
+    layout = StorageLayout(settings.home).ensure()
+    examples = write_examples_batch(layout, 0, settings, file_index=0)
+    with pytest.raises(MissingDriftFeature, match=r"'dwell_seconds' .* not a column of the training examples; its "
+                                                  r"columns are \['event_id', 'event_time', 'event_type', "):
+        drift_reference_sample(examples, settings.params.drift.reference_columns, 100, 1)
+    with pytest.raises(MissingDriftFeature, match="'dwell_seconds'"):
+        run_finetune(settings, "run-1")
+    assert not Registry(layout.registry).candidate_dir("run-1").exists()  # refused before training
+
+
+def test_a_fine_tune_from_a_parent_with_an_old_reference_is_refused(tidal_env):
+    """A parent whose reference predates event_weight (written before the fix) is not copied into a new version."""
+    from jobs.drift import MissingDriftFeature
+    from tidal.registry import REFERENCE_FILE
+
+    settings = tidal_env()
+    layout = StorageLayout(settings.home).ensure()
+    write_examples_batch(layout, 0, settings, file_index=0)
+    cycle(settings, "run-1")
+    old = Registry(layout.registry).version("v000001").path / REFERENCE_FILE
+    pd.read_parquet(old).drop(columns=["event_weight"]).to_parquet(old, index=False)
+    write_examples_batch(layout, 1, settings, file_index=1)
+    with pytest.raises(MissingDriftFeature,
+                       match=r"'event_weight' .* reference of production v000001 .*`tidal retrain --reason"):
+        run_finetune(settings, "run-2")
