@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store) and Airflow 3 `standalone`
-# (SQLite metadata DB, LocalExecutor). Every server binds 127.0.0.1, keeps its data under .stack/, and is
-# stopped by the PID this script recorded when it started it. Starting twice reuses what already runs.
+# (SQLite metadata DB, LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
+# to all interfaces), keeps its data under .stack/, and is stopped with every process it started. Starting twice
+# reuses what already runs.
 #
-# Usage: scripts/stack.sh up [s3|airflow|all]   start (default: all)
-#        scripts/stack.sh down                  stop everything this script started
+# Usage: scripts/stack.sh up [s3|airflow|all]   start (default: all); checks every port first
+#        scripts/stack.sh down                  stop everything this script started, and every descendant
 #        scripts/stack.sh status                print what runs and where
+#        scripts/stack.sh ports                 print every port the stack opens, and whether it is free
 #        scripts/stack.sh env                   print the environment file to source
+#
+# Settings (ports, TIDAL_HOME, ...) come from this shell, else from what the last `up` wrote to stack.env, else
+# from the defaults below. `up` writes them; `env` only reads them.
+# Needs: bash, curl, setsid, ps, ss (iproute2) and the venv's python, weed and airflow.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,16 +21,179 @@ venv_bin=${TIDAL_VENV_BIN:-$repo/.venv/bin}
 mkdir -p "$stack_dir/pids" "$stack_dir/logs"
 env_file=$stack_dir/stack.env
 secrets_file=$stack_dir/secrets.env
-
-# Ports are pinned (weed mini opens about ten) and can be moved with environment variables.
-s3_port=${TIDAL_S3_PORT:-18333}
-airflow_port=${TIDAL_AIRFLOW_PORT:-18090}
-weed_base=${TIDAL_WEED_PORT_BASE:-19300}
+# The DAGs the stack ships and unpauses. Each lives in dags/<dag id>.py, which is how a file that fails to import
+# (and so has no DAG id) is named in the report.
+shipped_dags=(tidal_incremental tidal_full_retrain tidal_rollback)
+dag_parse_timeout_s=180
 
 log() { printf '[stack] %s\n' "$*" >&2; }
+die() { local code=$1; shift; log "$@"; exit "$code"; }
 
+# ---- settings: this shell, else the persisted stack.env, else the default -------------------------------------
+# An empty default marks an optional setting: written to stack.env only when it has a value.
+declare -A defaults=(
+  [TIDAL_S3_PORT]=18333 [TIDAL_AIRFLOW_PORT]=18090 [TIDAL_WEED_PORT_BASE]=19300
+  [TIDAL_HOME]=$repo/data [TIDAL_S3_BUCKET]=tidal
+  [TIDAL_S3_PREFIX]="" [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]=""
+)
+setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_HOME TIDAL_S3_BUCKET
+               TIDAL_S3_PREFIX TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES)
+
+persisted() { # persisted NAME: the value the last `up` wrote, empty when none
+  [[ -f $env_file ]] || return 0
+  sed -n "s/^$1=//p" "$env_file" | tail -1
+}
+
+declare -A settings
+for name in "${setting_names[@]}"; do
+  value=${!name:-}
+  [[ -n $value ]] || value=$(persisted "$name")
+  settings[$name]=${value:-${defaults[$name]}}
+done
+
+# ---- ports: every one the stack opens, derived from the three port settings ------------------------------------
+# component|bind address|what|setting|offset. SeaweedFS derives its gRPC ports (+10000) from the HTTP ones.
+# `all`: every interface, IPv4 and IPv6; Airflow hard-codes that for its log servers (airflow.utils.serve_logs).
+port_rows=(
+  "seaweedfs|127.0.0.1|S3 API|TIDAL_S3_PORT|0"
+  "seaweedfs|127.0.0.1|S3 gRPC|TIDAL_S3_PORT|10000"
+  "seaweedfs|127.0.0.1|master|TIDAL_WEED_PORT_BASE|33"
+  "seaweedfs|127.0.0.1|master gRPC|TIDAL_WEED_PORT_BASE|10033"
+  "seaweedfs|127.0.0.1|volume|TIDAL_WEED_PORT_BASE|80"
+  "seaweedfs|127.0.0.1|volume gRPC|TIDAL_WEED_PORT_BASE|10080"
+  "seaweedfs|127.0.0.1|filer|TIDAL_WEED_PORT_BASE|88"
+  "seaweedfs|127.0.0.1|filer gRPC|TIDAL_WEED_PORT_BASE|10088"
+  "seaweedfs|127.0.0.1|admin|TIDAL_WEED_PORT_BASE|46"
+  "seaweedfs|127.0.0.1|admin gRPC|TIDAL_WEED_PORT_BASE|10046"
+  "airflow|127.0.0.1|API server and UI|TIDAL_AIRFLOW_PORT|0"
+  "airflow|all|worker log server|TIDAL_WEED_PORT_BASE|93"
+  "airflow|all|triggerer log server|TIDAL_WEED_PORT_BASE|94"
+)
+
+port_table() { # one line per port: port|address|component|what|setting|offset
+  local row component address what name offset
+  for row in "${port_rows[@]}"; do
+    IFS='|' read -r component address what name offset <<<"$row"
+    echo "$((settings[$name] + offset))|$address|$component|$what|$name|$offset"
+  done
+}
+
+port() { # port WHAT: the port of one row, e.g. `port "master gRPC"`
+  port_table | awk -F'|' -v what="$1" '$4 == what { print $1 }'
+}
+
+describe_port() { # describe_port WHAT NAME OFFSET: "S3 gRPC (TIDAL_S3_PORT + 10000)"
+  if [[ $3 == 0 ]]; then echo "$1 ($2)"; else echo "$1 ($2 + $3)"; fi
+}
+
+check_port_settings() { # every port setting a number, every derived port within 1024..65535
+  local name row port address component what offset low high
+  for name in TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE; do
+    [[ ${settings[$name]} =~ ^[0-9]{1,5}$ ]] ||
+      die 2 "$name=${settings[$name]} is not a port number: give a whole number, e.g. the default ${defaults[$name]}"
+    settings[$name]=$((10#${settings[$name]}))
+  done
+  while IFS='|' read -r port address component what name offset; do
+    ((port >= 1024 && port <= 65535)) && continue
+    read -r low high < <(port_table | awk -F'|' -v n="$name" \
+      '$5 == n { if (lo == "" || $6 < lo) lo = $6; if ($6 > hi) hi = $6 } END { print 1024 - lo, 65535 - hi }')
+    die 2 "$name=${settings[$name]} puts the $(describe_port "$what" "$name" "$offset") at $port; every port must" \
+      "be within 1024..65535, so $name must be within $low..$high"
+  done < <(port_table)
+}
+
+port_clashes() { # the stack's own ports must all differ: one line per port wanted twice
+  port_table | sort -t'|' -k1,1n | awk -F'|' '
+    { what = $4 " (" $5 (($6 == 0) ? "" : " + " $6) ")" }
+    $1 == last { printf "port %s is wanted twice: %s and %s\n", $1, last_what, what }
+    { last = $1; last_what = what }'
+}
+
+unbindable() { # unbindable ADDRESS:PORT...: those a server could not bind now (with SO_REUSEADDR, as servers do)
+  "$venv_bin/python" - "$@" <<'PY'
+import errno, socket, sys
+
+
+def bindable(family, address, port):
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((address, port))
+        return True
+    except OSError as err:
+        # A machine without IPv6: the server cannot bind it either, so that is no clash.
+        return family == socket.AF_INET6 and err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+for spec in sys.argv[1:]:
+    address, port = spec.rsplit(":", 1)
+    wanted = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")] if address == "all" else [(socket.AF_INET, address)]
+    if not all(bindable(family, host, int(port)) for family, host in wanted):
+        print(spec)
+PY
+}
+
+port_holder() { # port_holder PORT: "weed (pid 123)" when this user may see who holds it
+  ss -Htanp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -1 || true
+}
+
+busy_ports() { # busy_ports COMPONENT...: one line per port of these components that is not free now
+  local port address component what name offset wanted=() spec holder
+  declare -A rows=()
+  while IFS='|' read -r port address component what name offset; do
+    [[ " $* " == *" $component "* ]] || continue
+    wanted+=("$address:$port"); rows[$address:$port]="$component $(describe_port "$what" "$name" "$offset")"
+  done < <(port_table)
+  ((${#wanted[@]})) || return 0
+  for spec in $(unbindable "${wanted[@]}"); do
+    holder=$(port_holder "${spec##*:}")
+    address=${spec%:*}; [[ $address == all ]] && address="all interfaces"
+    echo "port ${spec##*:} on $address, wanted for the ${rows[$spec]}, is in use by ${holder:-a process this user cannot see}"
+  done
+}
+
+stopped_components() { # stopped_components s3|airflow|all: the components `up` would start
+  local c
+  case $1 in s3) set -- seaweedfs ;; airflow) set -- airflow ;; *) set -- seaweedfs airflow ;; esac
+  for c in "$@"; do alive "$c" || echo "$c"; done
+}
+
+port_problems() { # port_problems s3|airflow|all: every clash, and every busy port of a component `up` would start
+  port_clashes
+  # shellcheck disable=SC2046
+  busy_ports $(stopped_components "$1")
+}
+
+refuse_busy_ports() { # before anything starts: the stack opens all of these at once
+  local problems
+  problems=$(port_problems "$1")
+  [[ -z $problems ]] && return 0
+  log "not starting anything: a port the stack needs is taken"
+  printf '%s\n' "$problems" | sed 's/^/[stack]   /' >&2
+  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT or TIDAL_WEED_PORT_BASE (\`$0 ports\` shows every" \
+    "port they derive), or stop what holds the port"
+}
+
+print_ports() { # the table, with each port's state: this stack's, free, or who holds it
+  local port address component what name offset state free=() specs=()
+  while IFS='|' read -r port address component what name offset; do
+    alive "$component" || specs+=("$address:$port")
+  done < <(port_table)
+  if ((${#specs[@]})); then mapfile -t free < <(comm -23 <(printf '%s\n' "${specs[@]}" | sort) <(unbindable "${specs[@]}" | sort)); fi
+  printf '%-6s %-10s %-10s %-46s %s\n' port address component "what (derived from)" state
+  while IFS='|' read -r port address component what name offset; do
+    if alive "$component"; then state="this stack's $component (pid $(cat "$(pid_file "$component")"))"
+    elif [[ " ${free[*]} " == *" $address:$port "* ]]; then state=free
+    else state="in use by $(port_holder "$port")"; fi
+    printf '%-6s %-10s %-10s %-46s %s\n' "$port" "$address" "$component" "$(describe_port "$what" "$name" "$offset")" "$state"
+  done < <(port_table)
+}
+
+# ---- the persisted environment -------------------------------------------------------------------------------
 ensure_secrets() {
-  # Credentials are generated once per machine into a 0600 file outside git; the environment can override them.
+  # Credentials are generated once per machine into a 0600 file outside git.
   if [[ ! -f $secrets_file ]]; then
     umask 077
     rand() { "$venv_bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))'; }
@@ -43,17 +212,19 @@ write_env() {
   ensure_secrets
   # shellcheck disable=SC1090
   set -a; source "$secrets_file"; set +a
-  local access=${TIDAL_S3_ACCESS_KEY} secret=${TIDAL_S3_SECRET_KEY}
+  local name tmp=$env_file.tmp
   umask 077
-  cat >"$env_file" <<EOF
-# Generated by scripts/stack.sh; source it to talk to the embedded stack.
-TIDAL_HOME=${TIDAL_HOME:-$repo/data}
-TIDAL_S3_ENDPOINT=http://127.0.0.1:$s3_port
-TIDAL_S3_BUCKET=${TIDAL_S3_BUCKET:-tidal}
-AWS_ACCESS_KEY_ID=$access
-AWS_SECRET_ACCESS_KEY=$secret
+  {
+    echo "# Written by scripts/stack.sh up (settings from its shell) or by the first env; source it to use the stack."
+    for name in "${setting_names[@]}"; do
+      if [[ -n ${settings[$name]} ]]; then echo "$name=${settings[$name]}"; fi
+    done
+    cat <<EOF
+TIDAL_S3_ENDPOINT=http://127.0.0.1:${settings[TIDAL_S3_PORT]}
+AWS_ACCESS_KEY_ID=$TIDAL_S3_ACCESS_KEY
+AWS_SECRET_ACCESS_KEY=$TIDAL_S3_SECRET_KEY
 AWS_DEFAULT_REGION=us-east-1
-TIDAL_AIRFLOW_URL=http://127.0.0.1:$airflow_port
+TIDAL_AIRFLOW_URL=http://127.0.0.1:${settings[TIDAL_AIRFLOW_PORT]}
 TIDAL_AIRFLOW_USER=$TIDAL_AIRFLOW_USER
 TIDAL_AIRFLOW_PASSWORD=$TIDAL_AIRFLOW_PASSWORD
 AIRFLOW_HOME=$stack_dir/airflow
@@ -64,12 +235,12 @@ AIRFLOW__CORE__PARALLELISM=4
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=$TIDAL_AIRFLOW_USER:admin
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$stack_dir/airflow/passwords.json
 AIRFLOW__API__HOST=127.0.0.1
-AIRFLOW__API__PORT=$airflow_port
-AIRFLOW__API__BASE_URL=http://127.0.0.1:$airflow_port
+AIRFLOW__API__PORT=${settings[TIDAL_AIRFLOW_PORT]}
+AIRFLOW__API__BASE_URL=http://127.0.0.1:${settings[TIDAL_AIRFLOW_PORT]}
 AIRFLOW__API_AUTH__JWT_SECRET=$TIDAL_AIRFLOW_JWT_SECRET
-AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$airflow_port/execution/
-AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((weed_base + 93))
-AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((weed_base + 94))
+AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:${settings[TIDAL_AIRFLOW_PORT]}/execution/
+AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$(port "worker log server")
+AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$(port "triggerer log server")
 AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=15
 AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
 PYTHONPATH=$repo
@@ -77,10 +248,148 @@ SPARK_LOCAL_IP=127.0.0.1
 DVC_NO_ANALYTICS=1
 GX_ANALYTICS_ENABLED=false
 EOF
+  } >"$tmp"
+  mv "$tmp" "$env_file"
 }
 
-alive() { [[ -f $stack_dir/pids/$1.pid ]] && kill -0 "$(cat "$stack_dir/pids/$1.pid")" 2>/dev/null; }
+refuse_changed_settings() { # a running stack keeps the settings it started with: moving them means stopping it
+  local running name saved changes=()
+  running=$(for c in seaweedfs airflow; do if alive "$c"; then echo "$c"; fi; done | paste -sd, -)
+  [[ -n $running ]] || return 0
+  for name in "${setting_names[@]}"; do
+    saved=$(persisted "$name")
+    # A stack.env written before settings were persisted has no port lines: nothing to compare with.
+    [[ -z $saved && -n ${defaults[$name]} ]] && continue
+    [[ ${settings[$name]} == "$saved" ]] || changes+=("$name: the running stack uses '${saved}', this shell asks for '${settings[$name]}'")
+  done
+  ((${#changes[@]})) || return 0
+  log "not changing a running stack ($running, settings in $env_file):"
+  printf '[stack]   %s\n' "${changes[@]}" >&2
+  die 1 "stop it first (scripts/stack.sh down), or unset these variables to use the running stack as it is"
+}
 
+# ---- processes ------------------------------------------------------------------------------------------------
+pid_file() { echo "$stack_dir/pids/$1.pid"; }
+
+start_ticks() { # start_ticks PID: its start time in clock ticks since boot; fails for no process or a zombie
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # shellcheck disable=SC2086
+  set -- ${stat##*) }
+  [[ $1 != Z ]] && echo "${20}"
+}
+
+record_pid() { # record_pid NAME PID: the start time tells a later `down` whether the pid was reused since
+  echo "$2" >"$(pid_file "$1")"
+  start_ticks "$2" >"$stack_dir/pids/$1.started" || true
+}
+
+recorded_pid_reused() { # the recorded pid is alive but is not the process this script started
+  local ticks started=$stack_dir/pids/$1.started
+  [[ -f $started ]] || return 1
+  ticks=$(start_ticks "$2") || return 1
+  [[ $ticks != "$(cat "$started")" ]]
+}
+
+alive() {
+  local file pid
+  file=$(pid_file "$1"); [[ -f $file ]] || return 1
+  pid=$(cat "$file")
+  start_ticks "$pid" >/dev/null && ! recorded_pid_reused "$1" "$pid"
+}
+
+tree_of() { # tree_of PID [session]: PID and every descendant; with `session`, every process left in its session
+  # Descendants that moved to their own process group or session (a task's Spark JVM) are found through their
+  # parents, walked before anything is signalled; orphans already reparented to init are still in the session.
+  # A session keeps its leader's pid from being reused, so a dead leader's session is still ours. This script,
+  # its callers and its own children are never included.
+  ps -e -o pid=,ppid=,sid= | awk -v root="$1" -v sweep="${2:-}" -v self="$$" '
+    { parent[$1] = $2; sid[$1] = $3 }
+    END {
+      for (p = self; p in parent && !(p in mine); p = parent[p]) mine[p] = 1
+      if (root in sid) keep[root] = 1
+      if (sweep == "session" && (!(root in sid) || sid[root] == root))
+        for (p in sid) if (sid[p] == root) keep[p] = 1
+      for (grew = 1; grew; ) {
+        grew = 0
+        for (p in parent) if (!(p in keep) && !(p in mine) && (parent[p] in keep)) { keep[p] = 1; grew = 1 }
+      }
+      for (p in keep) if (!(p in mine) && parent[p] != self) print p
+    }'
+}
+
+survivors() { # survivors PID...: those still alive (a zombie has exited: only its parent's wait is missing)
+  local pid
+  for pid in "$@"; do if start_ticks "$pid" >/dev/null; then echo "$pid"; fi; done
+}
+
+signal_and_wait() { # signal_and_wait SIGNAL SECONDS PID...: prints the pids still alive after SECONDS
+  local signal=$1 limit=$2 i left; shift 2
+  kill "-$signal" "$@" 2>/dev/null || true
+  for ((i = 0; i < limit * 4; i++)); do
+    left=$(survivors "$@")
+    [[ -z $left ]] && return 0
+    sleep 0.25
+  done
+  echo "$left"
+}
+
+stop_tree() { # stop_tree NAME [session]: TERM the whole tree at once, KILL what ignores it, until none is alive
+  local name=$1 sweep=${2:-} root pids left round count=0
+  [[ -f $(pid_file "$name") ]] || return 0
+  root=$(cat "$(pid_file "$name")")
+  if recorded_pid_reused "$name" "$root"; then
+    log "$name is not running (pid $root now belongs to another process)"
+    rm -f "$(pid_file "$name")" "$stack_dir/pids/$name.started"; return 0
+  fi
+  # Rounds: a scheduler may start a task between the snapshot and its own death.
+  for round in 1 2 3; do
+    # shellcheck disable=SC2046
+    pids=$(survivors $(tree_of "$root" "$sweep"))
+    [[ -n $pids ]] || break
+    count=$((count + $(wc -w <<<"$pids")))
+    # shellcheck disable=SC2086
+    left=$(signal_and_wait TERM 30 $pids)
+    [[ -z $left ]] && continue
+    log "$name: killing what ignored TERM for 30 s: $(ps -o pid=,comm= -p "${left//$'\n'/,}" | paste -sd, -)"
+    # shellcheck disable=SC2086
+    left=$(signal_and_wait KILL 10 $left)
+  done
+  # shellcheck disable=SC2046
+  left=$(survivors $(tree_of "$root" "$sweep"))
+  if [[ -n $left ]]; then
+    log "$name: still alive after TERM and KILL:"; ps -o pid=,stat=,args= -p "${left//$'\n'/,}" >&2; return 1
+  fi
+  rm -f "$(pid_file "$name")" "$stack_dir/pids/$name.started"
+  log "$name stopped (pid $root, $count process(es) in its tree)"
+}
+
+fail_interrupted_runs() { # with Airflow gone: a run whose processes were just killed must not stay "running"
+  # Through Airflow's own ORM once nothing else writes the DB: no race with a scheduler starting the next task,
+  # and it works when the API server was already dead. Mirrors the UI's "mark run as failed".
+  [[ -f $env_file && -f $stack_dir/airflow/airflow.db ]] || return 0
+  (set -a; source "$env_file"; set +a; "$venv_bin/python" - <<'PY'
+from sqlalchemy import select
+
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState, State, TaskInstanceState
+
+WAS_RUNNING = {TaskInstanceState.RUNNING, TaskInstanceState.DEFERRED, TaskInstanceState.UP_FOR_RESCHEDULE,
+               TaskInstanceState.AWAITING_INPUT}
+with create_session() as session:
+    for run in session.scalars(select(DagRun).where(DagRun.state == DagRunState.RUNNING)).all():
+        for ti in run.get_task_instances(state=list(State.unfinished), session=session):
+            ti.set_state(TaskInstanceState.FAILED if ti.state in WAS_RUNNING else TaskInstanceState.SKIPPED,
+                         session=session)
+        run.set_state(DagRunState.FAILED)
+        run.note = "\n".join(filter(None, [run.note, "stopped by scripts/stack.sh down while it ran"]))
+        print(f"[stack] {run.dag_id} {run.run_id}: was running when the stack stopped; marked failed", flush=True)
+PY
+  ) >&2 || { log "could not mark the interrupted runs failed (above)"; return 1; }
+}
+
+# ---- servers --------------------------------------------------------------------------------------------------
 wait_for() { # wait_for NAME URL SECONDS
   local name=$1 url=$2 limit=$3 i
   for ((i = 0; i < limit; i++)); do
@@ -92,26 +401,25 @@ wait_for() { # wait_for NAME URL SECONDS
 }
 
 start_s3() {
-  if alive seaweedfs; then log "seaweedfs already running (pid $(cat "$stack_dir/pids/seaweedfs.pid"))"; return 0; fi
+  if alive seaweedfs; then log "seaweedfs already running (pid $(cat "$(pid_file seaweedfs)"))"; return 0; fi
   # shellcheck disable=SC1090
   set -a; source "$env_file"; set +a
   mkdir -p "$stack_dir/seaweedfs"
   # The identities file makes SeaweedFS check credentials; without it any key is accepted.
   (umask 077; printf '{"identities":[{"name":"tidal","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
     "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$stack_dir/s3-identities.json")
-  local b=$weed_base
   nohup "$venv_bin/weed" mini -dir="$stack_dir/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.telemetry=false -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
-    -master.port=$((b + 33)) -master.port.grpc=$((b + 10033)) \
-    -volume.port=$((b + 80)) -volume.port.grpc=$((b + 10080)) \
-    -filer.port=$((b + 88)) -filer.port.grpc=$((b + 10088)) \
-    -admin.port=$((b + 46)) -admin.port.grpc=$((b + 10046)) \
-    -s3.port="$s3_port" -s3.port.grpc=$((s3_port + 10000)) \
+    -master.port="$(port master)" -master.port.grpc="$(port "master gRPC")" \
+    -volume.port="$(port volume)" -volume.port.grpc="$(port "volume gRPC")" \
+    -filer.port="$(port filer)" -filer.port.grpc="$(port "filer gRPC")" \
+    -admin.port="$(port admin)" -admin.port.grpc="$(port "admin gRPC")" \
+    -s3.port="$(port "S3 API")" -s3.port.grpc="$(port "S3 gRPC")" \
     -s3.config="$stack_dir/s3-identities.json" -bucket="$TIDAL_S3_BUCKET" \
     >"$stack_dir/logs/seaweedfs.log" 2>&1 </dev/null &
-  echo $! >"$stack_dir/pids/seaweedfs.pid"
-  log "seaweedfs starting (pid $!), S3 on 127.0.0.1:$s3_port, data in $stack_dir/seaweedfs"
-  wait_for seaweedfs "http://127.0.0.1:$s3_port/" 60
+  record_pid seaweedfs $!
+  log "seaweedfs starting (pid $!), S3 on $TIDAL_S3_ENDPOINT, data in $stack_dir/seaweedfs"
+  wait_for seaweedfs "$TIDAL_S3_ENDPOINT/" 60
   # The S3 gateway answers before the bucket exists; wait until it is listable with our credentials.
   local i
   for ((i = 0; i < 60; i++)); do
@@ -125,16 +433,16 @@ PY
 }
 
 start_airflow() {
-  if alive airflow; then log "airflow already running (pid $(cat "$stack_dir/pids/airflow.pid"))"; return 0; fi
+  if alive airflow; then log "airflow already running (pid $(cat "$(pid_file airflow)"))"; return 0; fi
   # shellcheck disable=SC1090
   set -a; source "$env_file"; set +a
   mkdir -p "$AIRFLOW_HOME"
   (umask 077; printf '{"%s": "%s"}\n' "$TIDAL_AIRFLOW_USER" "$TIDAL_AIRFLOW_PASSWORD" \
     >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
-  # setsid: standalone and its four components share one process group we can signal as a unit.
+  # setsid: standalone, its four components and their tasks share one session that `down` sweeps.
   # standalone starts its components as `airflow ...` subprocesses, so the venv must lead PATH.
   PATH="$venv_bin:$PATH" setsid nohup "$venv_bin/airflow" standalone >"$stack_dir/logs/airflow.log" 2>&1 </dev/null &
-  echo $! >"$stack_dir/pids/airflow.pid"
+  record_pid airflow $!
   log "airflow standalone starting (pid $!), UI on $AIRFLOW__API__BASE_URL"
   wait_for airflow "$AIRFLOW__API__BASE_URL/api/v2/monitor/health" 240 || return 1
   # One slot: the model-changing tasks of tidal_incremental, tidal_full_retrain and tidal_rollback take turns.
@@ -142,38 +450,126 @@ start_airflow() {
   log "pool tidal_model (1 slot) ready"
 }
 
-stop_pid_tree() { # stop_pid_tree NAME: TERM the children first (standalone's components), then the parent
-  local name=$1 pid kids i
-  alive "$name" || { rm -f "$stack_dir/pids/$name.pid"; return 0; }
-  pid=$(cat "$stack_dir/pids/$name.pid")
-  kids=$(pgrep -P "$pid" || true)
-  [[ -n $kids ]] && kill -TERM $kids 2>/dev/null || true
-  sleep 1
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  if kill -0 "$pid" 2>/dev/null; then log "$name (pid $pid) ignored TERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
-  # Grandchildren (executor workers, gunicorn/uvicorn workers) share the process group started by setsid.
-  if [[ $name == airflow ]]; then kill -TERM -- "-$pid" 2>/dev/null || true; sleep 1; kill -KILL -- "-$pid" 2>/dev/null || true; fi
-  rm -f "$stack_dir/pids/$name.pid"
-  log "$name stopped (pid $pid)"
+unpause_shipped_dags() { # once the DAG processor has parsed them since Airflow started; a broken one is named
+  local started
+  started=$(stat -c %Y "$(pid_file airflow)")
+  (set -a; source "$env_file"; set +a
+   "$venv_bin/python" - "$started" "$dag_parse_timeout_s" "$stack_dir/logs/airflow.log" "${shipped_dags[@]}" <<'PY'
+import json, os, sys, time, urllib.error, urllib.request
+from datetime import datetime
+from pathlib import Path
+
+started, timeout_s, log_file, shipped = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+base, dags_folder = os.environ["AIRFLOW__API__BASE_URL"], Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+
+
+def call(method, path, body=None, token=None):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(base + path, data, headers, method=method), timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def since_start(stamp):  # a parse of this Airflow's lifetime, not a leftover of an earlier one
+    return stamp is not None and datetime.fromisoformat(stamp).timestamp() >= started - 1
+
+
+def dag_or_none(dag_id, token):
+    try:
+        return call("GET", f"/api/v2/dags/{dag_id}", token=token)
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise
+
+
+def login():
+    return call("POST", "/auth/token", {"username": os.environ["TIDAL_AIRFLOW_USER"],
+                                         "password": os.environ["TIDAL_AIRFLOW_PASSWORD"]})["access_token"]
+
+
+def unpause_parsed(pending, problems, token):  # one pass: unpause what parsed, name what did not import
+    errors = {Path(e["filename"]).stem: e for e in call("GET", "/api/v2/importErrors?limit=1000", token=token)
+              ["import_errors"] if since_start(e["timestamp"])}
+    for dag_id in list(pending):
+        if dag_id in errors:
+            problems.append(f"{dag_id}: {errors[dag_id]['filename']} does not import:\n{errors[dag_id]['stack_trace']}")
+            pending.remove(dag_id)
+            continue
+        dag = dag_or_none(dag_id, token)
+        if dag is None or not since_start(dag["last_parsed_time"]):
+            continue
+        if dag["is_paused"]:
+            call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token=token)
+        print(f"[stack] {dag_id}: {'unpaused' if dag['is_paused'] else 'already unpaused'}", flush=True)
+        pending.remove(dag_id)
+
+
+pending = [d for d in shipped if (dags_folder / f"{d}.py").exists()]
+problems = [f"{d}: {dags_folder / d}.py does not exist" for d in shipped if d not in pending]
+deadline, token = time.monotonic() + timeout_s, None
+while pending and time.monotonic() < deadline:
+    try:
+        token = token or login()
+        unpause_parsed(pending, problems, token)
+    except urllib.error.HTTPError as err:
+        if err.code < 500:
+            sys.exit(f"[stack] Airflow answered {err.code} to {err.url}: {err.read().decode(errors='replace')}")
+    except (urllib.error.URLError, ConnectionError):  # the API server restarting a worker: ask again
+        pass
+    if pending:
+        time.sleep(2)
+problems += [f"{d}: not parsed within {timeout_s:.0f} s; see the dag-processor lines in {log_file}" for d in pending]
+for problem in problems:
+    print(f"[stack] DAG {problem}", flush=True)
+sys.exit(1 if problems else 0)
+PY
+  ) >&2 || die 1 "a DAG the stack ships is not running (above); fix it and run \`$0 up\` again"
+}
+
+# ---- commands -------------------------------------------------------------------------------------------------
+print_status() {
+  local s3_port airflow_port
+  s3_port=$(persisted TIDAL_S3_PORT); airflow_port=$(persisted TIDAL_AIRFLOW_PORT)
+  if alive seaweedfs; then
+    echo "seaweedfs: running (pid $(cat "$(pid_file seaweedfs)")), S3 at http://127.0.0.1:${s3_port:-${settings[TIDAL_S3_PORT]}}"
+  else echo "seaweedfs: stopped"; fi
+  if alive airflow; then
+    echo "airflow: running (pid $(cat "$(pid_file airflow)")), UI at http://127.0.0.1:${airflow_port:-${settings[TIDAL_AIRFLOW_PORT]}}"
+  else echo "airflow: stopped"; fi
 }
 
 cmd=${1:-status}
 what=${2:-all}
 case $cmd in
   up)
+    [[ $what =~ ^(s3|airflow|all)$ ]] || die 2 "unknown component '$what': give s3, airflow or all"
+    check_port_settings
+    refuse_changed_settings
+    refuse_busy_ports "$what"
     write_env
     case $what in
       s3) start_s3 ;;
-      airflow) start_airflow ;;
-      all) start_s3; start_airflow ;;
-      *) echo "unknown component '$what' (s3|airflow|all)" >&2; exit 2 ;;
+      airflow) start_airflow; unpause_shipped_dags ;;
+      all) start_s3; start_airflow; unpause_shipped_dags ;;
     esac ;;
-  down) stop_pid_tree airflow; stop_pid_tree seaweedfs ;;
-  status)
-    for n in seaweedfs airflow; do
-      if alive "$n"; then echo "$n: running (pid $(cat "$stack_dir/pids/$n.pid"))"; else echo "$n: stopped"; fi
-    done ;;
-  env) write_env; echo "$env_file" ;;
-  *) echo "usage: $0 up [s3|airflow|all] | down | status | env" >&2; exit 2 ;;
+  down)
+    # Every step runs even when one fails, so one stuck process never leaves the rest running.
+    rc=0; had_airflow=0
+    if [[ -f $(pid_file airflow) ]]; then had_airflow=1; fi
+    stop_tree airflow session || rc=1
+    if ((had_airflow && rc == 0)); then fail_interrupted_runs || rc=1; fi
+    stop_tree seaweedfs || rc=1
+    exit "$rc" ;;
+  status) print_status ;;
+  ports)
+    check_port_settings
+    print_ports
+    problems=$(port_problems all)
+    [[ -z $problems ]] || { printf '%s\n' "$problems"; exit 1; } ;;
+  env)
+    # Only reads: the settings are the ones `up` persisted. The first call on a machine writes the defaults.
+    if [[ ! -f $env_file ]]; then check_port_settings; write_env; fi
+    echo "$env_file" ;;
+  *) die 2 "usage: $0 up [s3|airflow|all] | down | status | ports | env" ;;
 esac

@@ -54,13 +54,28 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+MOMENTS_ALLOWED = "`now` or an ISO 8601 time such as 2026-11-28T10:00Z (UTC when it has no offset)"
+VERSION_REFS_ALLOWED = ("a version id vNNNNNN such as v000003, `latest` (the newest version) or `production` "
+                        "(the version serving now)")
+
+
 def parse_utc(text: str) -> datetime:
     """ISO 8601 in, aware UTC datetime out ("2026-11-28T10:00Z", "2026-11-28T10:00:00+00:00"; naive means UTC)."""
     try:
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+    except (TypeError, ValueError):
         raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-11-28T10:00Z") from None
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def parse_moment(text: str) -> datetime:
+    """What an operator types for an instant: `now`, or ISO 8601 as parse_utc reads it."""
+    if text.strip().lower() == "now":
+        return datetime.now(timezone.utc)
+    try:
+        return parse_utc(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: give {MOMENTS_ALLOWED}") from None
 
 
 def file_sha256(path: Path) -> str:
@@ -132,6 +147,9 @@ class Registry:
 
     # ---- reading -------------------------------------------------------------------------------------------
     def version(self, version: str) -> ModelVersion:
+        if not VERSION_PATTERN.match(version):
+            # Also keeps a name like ../x from reading a metadata.json outside versions/.
+            raise KeyError(f"{version!r} is not a version id (vNNNNNN such as v000003)")
         path = self.versions_dir / version
         if not (path / METADATA_FILE).is_file():
             raise KeyError(f"model version {version} not found under {self.versions_dir}")
@@ -147,6 +165,40 @@ class Registry:
         if not self.alias_path.exists():
             return None
         return self.version(read_json(self.alias_path)["version"])
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """A version named as an operator names it: vNNNNNN, `latest` or `production`.
+
+        ValueError for a name of no allowed form, KeyError for a version id that does not exist, LookupError when
+        `latest` or `production` has nothing to point at yet.
+        """
+        name = ref.strip()
+        if name == "latest":
+            versions = self.versions()
+            if not versions:
+                raise LookupError(f"no versions yet under {self.versions_dir}; `latest` needs one")
+            return versions[-1]
+        if name == "production":
+            production = self.production()
+            if production is None:
+                raise LookupError("nothing is in production yet; `production` needs a promotion")
+            return production
+        if not VERSION_PATTERN.match(name):
+            raise ValueError(f"{ref!r} is not a version: give {VERSION_REFS_ALLOWED}")
+        if not (self.versions_dir / name / METADATA_FILE).is_file():
+            known = [mv.version for mv in self.versions()]
+            span = f"{known[0]} .. {known[-1]}" if known else "none yet"
+            raise KeyError(f"no version {name} in {self.versions_dir} (versions: {span})")
+        return self.version(name)
+
+    def serving(self) -> dict[str, Any] | None:
+        """The version serving now and the alias move that put it there: {version, since, how, by, reason}."""
+        if not self.alias_path.exists():
+            return None
+        alias = read_json(self.alias_path)
+        moves = self.served_intervals(alias["version"])
+        return {"version": alias["version"], "since": alias["since"], "how": moves[-1]["how"] if moves else None,
+                "by": alias.get("by"), "reason": alias.get("reason")}
 
     def candidate_dir(self, run_id: str) -> Path:
         return self.candidates_dir / safe_name(run_id)
@@ -188,8 +240,8 @@ class Registry:
         return intervals[-1]["until"] if intervals else None
 
     def served_at(self, moment: str | datetime) -> str | None:
-        """Which version was in production at that instant (None before the first promotion)."""
-        at = parse_utc(moment) if isinstance(moment, str) else moment.astimezone(timezone.utc)
+        """Which version was in production at that instant, `now` included (None before the first promotion)."""
+        at = parse_moment(moment) if isinstance(moment, str) else moment.astimezone(timezone.utc)
         serving = None
         for move in self.alias_moves():
             if parse_utc(move["at"]) > at:
@@ -309,7 +361,15 @@ class Registry:
         atomic_write_json(self.alias_path, alias)
         self._log(event)
 
-    def record_rejection(self, run_id: str, *, reason: str, details: dict[str, Any]) -> None:
-        """A failed gate leaves production untouched; the candidate stays in candidates/ for inspection."""
+    def record_rejection(self, run_id: str, *, reason: str, details: dict[str, Any],
+                         request: dict[str, Any] | None = None) -> None:
+        """A failed gate leaves production untouched; the candidate stays in candidates/ for inspection.
+
+        `request` is what an operator asked for (a full retrain's reason, trigger and promote mode): logged with the
+        rejection, so the audit trail says why the run existed as well as why it was refused.
+        """
+        event = {"action": "reject", "run_id": run_id, "reason": reason, "details": details, "at": utc_now_iso()}
+        if request is not None:
+            event["request"] = request
         with self._lock():
-            self._log({"action": "reject", "run_id": run_id, "reason": reason, "details": details, "at": utc_now_iso()})
+            self._log(event)

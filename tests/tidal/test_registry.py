@@ -132,6 +132,7 @@ def test_rejection_is_recorded_and_production_untouched(registry):
     last = registry.events()[-1]
     assert (last["action"], last["run_id"], last["reason"]) == ("reject", "run-2", "recall trails production")
     assert last["details"] == {"passed": False, "recall": 0.1}
+    assert "request" not in last  # an incremental cycle's rejection: nobody asked for it
     assert (staged / MODEL_FILE).exists()  # the rejected candidate stays for inspection
     assert registry.candidate_metadata("run-2")["run_id"] == "run-2"
     assert [v.version for v in registry.versions()] == ["v000001"]
@@ -148,3 +149,58 @@ def test_run_ids_with_airflow_characters_get_portable_folders(registry):
 def test_unknown_version_is_a_key_error(registry):
     with pytest.raises(KeyError, match="v000009"):
         registry.version("v000009")
+
+
+def test_rejection_records_the_operators_request_in_the_event_log(registry):
+    stage(registry, "run-1", kind="full")
+    registry.promote_candidate("run-1", reason="first")
+    stage(registry, "retrain-2", kind="full")
+    request = {"reason": "reset after the catalogue migration", "trigger": "manual", "promote": "auto"}
+    registry.record_rejection("retrain-2", reason="candidate recall_at_10 trails production",
+                              details={"passed": False}, request=request)
+    line = registry.events_path.read_text().splitlines()[-1]
+    assert json.loads(line)["request"] == request
+    assert '"reason": "reset after the catalogue migration"' in line
+    assert registry.events()[-1]["reason"] == "candidate recall_at_10 trails production"
+    assert alias(registry) == "v000001"
+
+
+def test_resolve_names_latest_production_and_version_ids(registry):
+    with pytest.raises(LookupError, match="no versions yet"):
+        registry.resolve("latest")
+    with pytest.raises(LookupError, match="nothing is in production"):
+        registry.resolve("production")
+    for n in (1, 2):
+        stage(registry, f"run-{n}", kind="full", weights=f"w{n}".encode())
+    registry.promote_candidate("run-1", reason="first")
+    registry.register_candidate("run-2", reason="registered, not served")
+    assert registry.resolve("latest").version == "v000002"
+    assert registry.resolve("production").version == "v000001"
+    assert registry.resolve(" v000002 ").metadata["run_id"] == "run-2"
+
+
+@pytest.mark.parametrize("ref", ["../x", "v1", "V000001", "versions/v000001", "", "newest"])
+def test_resolve_refuses_names_of_no_allowed_form_and_says_what_is_allowed(registry, ref):
+    stage(registry, "run-1", kind="full")
+    registry.promote_candidate("run-1", reason="first")
+    with pytest.raises(ValueError, match=r"vNNNNNN.*`latest`.*`production`"):
+        registry.resolve(ref)
+
+
+def test_resolve_an_unknown_version_names_the_ones_there(registry):
+    stage(registry, "run-1", kind="full")
+    registry.promote_candidate("run-1", reason="first")
+    with pytest.raises(KeyError) as err:
+        registry.resolve("v000042")
+    assert err.value.args[0].startswith("no version v000042") and "v000001 .. v000001" in err.value.args[0]
+
+
+def test_version_never_reads_outside_versions(registry, tmp_path):
+    stage(registry, "run-1", kind="full")
+    registry.promote_candidate("run-1", reason="first")
+    # A metadata.json one level up: a path-like name must not reach it.
+    (registry.root / METADATA_FILE).write_text(json.dumps({"kind": "full"}))
+    with pytest.raises(KeyError, match="not a version id"):
+        registry.version("../")
+    with pytest.raises(KeyError, match="not a version id"):
+        registry.version("../versions/v000001")

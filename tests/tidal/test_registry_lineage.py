@@ -223,3 +223,26 @@ def test_kill_during_promotion_never_leaves_the_alias_on_a_missing_or_partial_mo
     assert promoted.model_path.read_bytes() == b"x" * 4_000_000
     verify_version_dir(promoted.path)
     assert [v.version for v in registry.versions()] == ["v000001", "v000002"]
+
+
+def test_serving_says_which_version_serves_since_when_and_how(registry):
+    assert registry.serving() is None
+    v1, v2, v3 = promote_chain(registry, 3)
+    serving = registry.serving()
+    assert (serving["version"], serving["how"], serving["by"]) == (v3, "promote", None)
+    assert serving["since"] == registry.alias_moves()[-1]["at"]
+    registry.rollback(to=v1, reason="v3 regressed", by="carol")
+    serving = registry.serving()
+    assert serving == {"version": v1, "since": registry.alias_moves()[-1]["at"], "how": "rollback", "by": "carol",
+                       "reason": "v3 regressed"}
+
+
+def test_served_at_now_is_the_version_serving_now(registry):
+    assert registry.served_at("now") is None
+    v1, v2 = promote_chain(registry, 2)
+    assert registry.served_at("now") == v2
+    assert registry.served_at(" NOW ") == v2
+    registry.rollback(reason="drill", by="dan")
+    assert registry.served_at("now") == v1
+    with pytest.raises(ValueError, match="`now` or an ISO 8601 time"):
+        registry.served_at("2026-13-01")
