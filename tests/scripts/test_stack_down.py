@@ -27,6 +27,13 @@ def sid(pid: int) -> int | None:
         return None
 
 
+def cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.NoSuchProcess:
+        return []
+
+
 def tree_and_session(root: int) -> dict[int, float]:
     in_session = {p.pid: p.create_time() for p in psutil.process_iter() if sid(p.pid) == root}
     return {**process_tree(root), **in_session}
@@ -36,7 +43,8 @@ def wait_for_stand_in(root: int) -> dict[int, float]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         recorded = tree_and_session(root)
-        if len(recorded) == 4:  # root, child bash and the two sleeps
+        sleeps = sorted(c for pid in recorded if (c := " ".join(cmdline(pid))).startswith("sleep"))
+        if len(recorded) == 4 and sleeps == ["sleep 301", "sleep 302"]:  # root, child bash and the two sleeps
             return recorded
         time.sleep(0.1)
     raise AssertionError(f"the stand-in tree never got its 4 processes: {tree_and_session(root)}")

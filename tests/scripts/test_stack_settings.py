@@ -44,7 +44,7 @@ def test_a_running_stack_refuses_other_ports_and_a_stopped_one_moves(private_sta
     refused = stack("up", "s3", env=stack_dir_env(private_stack, **{**TEST_PORTS, "TIDAL_S3_PORT": MOVED_S3_PORT}))
 
     assert refused.returncode == 1
-    assert "TIDAL_S3_PORT: the running stack uses '21333', this shell asks for '22333'" in refused.stderr
+    assert "TIDAL_S3_PORT: the running seaweedfs uses '21333', this shell asks for '22333'" in refused.stderr
     assert "stop it first (scripts/stack.sh down)" in refused.stderr
     assert (private_stack / "stack.env").read_bytes() == written
     assert "S3 at http://127.0.0.1:21333" in stack("status", env=stack_dir_env(private_stack)).stdout
