@@ -21,9 +21,10 @@ venv_bin=${TIDAL_VENV_BIN:-$repo/.venv/bin}
 mkdir -p "$stack_dir/pids" "$stack_dir/logs"
 env_file=$stack_dir/stack.env
 secrets_file=$stack_dir/secrets.env
-# The DAGs the stack ships and unpauses. Each lives in dags/<dag id>.py, which is how a file that fails to import
-# (and so has no DAG id) is named in the report.
-shipped_dags=(tidal_incremental tidal_full_retrain tidal_rollback)
+# The DAGs the stack ships and unpauses, as <file in dags/>:<dag id>; the file is how a DAG whose file fails to
+# import (and so has no DAG id) is named in the report.
+shipped_dags=(tidal_incremental.py:tidal_incremental tidal_full_retrain.py:tidal_full_retrain
+              tidal_full_retrain.py:tidal_scheduled_retrain tidal_rollback.py:tidal_rollback)
 dag_parse_timeout_s=180
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -34,10 +35,10 @@ die() { local code=$1; shift; log "$@"; exit "$code"; }
 declare -A defaults=(
   [TIDAL_S3_PORT]=18333 [TIDAL_AIRFLOW_PORT]=18090 [TIDAL_WEED_PORT_BASE]=19300
   [TIDAL_HOME]=$repo/data [TIDAL_S3_BUCKET]=tidal
-  [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]=""
+  [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]="" [TIDAL_RETRAIN_CRON]=""
 )
 setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_HOME TIDAL_S3_BUCKET
-               TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES)
+               TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES TIDAL_RETRAIN_CRON)
 # What each server was started with and so cannot change while it runs (Airflow's tasks see every setting).
 declare -A started_with=(
   [seaweedfs]="TIDAL_S3_PORT TIDAL_WEED_PORT_BASE TIDAL_S3_BUCKET"
@@ -191,7 +192,7 @@ print_ports() { # the table, with each port's state: this stack's, free, or who 
   while IFS='|' read -r port address component what name offset; do
     if alive "$component"; then state="this stack's $component (pid $(cat "$(pid_file "$component")"))"
     elif [[ " ${free[*]} " == *" $address:$port "* ]]; then state=free
-    else state="in use by $(port_holder "$port")"; fi
+    else state=$(port_holder "$port"); state="in use by ${state:-a process this user cannot see}"; fi
     printf '%-6s %-10s %-10s %-46s %s\n' "$port" "$address" "$component" "$(describe_port "$what" "$name" "$offset")" "$state"
   done < <(port_table)
 }
@@ -455,7 +456,7 @@ start_airflow() {
   record_pid airflow $!
   log "airflow standalone starting (pid $!), UI on $AIRFLOW__API__BASE_URL"
   wait_for airflow "$AIRFLOW__API__BASE_URL/api/v2/monitor/health" 240 || return 1
-  # One slot: the model-changing tasks of tidal_incremental, tidal_full_retrain and tidal_rollback take turns.
+  # One slot: the model-changing tasks of tidal_incremental, both retrain DAGs and tidal_rollback take turns.
   "$venv_bin/airflow" pools set tidal_model 1 "tidal: one model-changing task at a time (retrain, fine-tune, promote, rollback)" >/dev/null
   log "pool tidal_model (1 slot) ready"
 }
@@ -469,7 +470,8 @@ import json, os, sys, time, urllib.error, urllib.request
 from datetime import datetime
 from pathlib import Path
 
-started, timeout_s, log_file, shipped = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+started, timeout_s, log_file = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+file_of = dict(reversed(entry.split(":", 1)) for entry in sys.argv[4:])  # dag id -> its file in dags/
 base, dags_folder = os.environ["AIRFLOW__API__BASE_URL"], Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 
 
@@ -499,11 +501,12 @@ def login():
 
 
 def unpause_parsed(pending, problems, token):  # one pass: unpause what parsed, name what did not import
-    errors = {Path(e["filename"]).stem: e for e in call("GET", "/api/v2/importErrors?limit=1000", token=token)
+    errors = {Path(e["filename"]).name: e for e in call("GET", "/api/v2/importErrors?limit=1000", token=token)
               ["import_errors"] if since_start(e["timestamp"])}
     for dag_id in list(pending):
-        if dag_id in errors:
-            problems.append(f"{dag_id}: {errors[dag_id]['filename']} does not import:\n{errors[dag_id]['stack_trace']}")
+        if file_of[dag_id] in errors:
+            error = errors[file_of[dag_id]]
+            problems.append(f"{dag_id}: {error['filename']} does not import:\n{error['stack_trace']}")
             pending.remove(dag_id)
             continue
         dag = dag_or_none(dag_id, token)
@@ -515,8 +518,8 @@ def unpause_parsed(pending, problems, token):  # one pass: unpause what parsed, 
         pending.remove(dag_id)
 
 
-pending = [d for d in shipped if (dags_folder / f"{d}.py").exists()]
-problems = [f"{d}: {dags_folder / d}.py does not exist" for d in shipped if d not in pending]
+pending = [d for d, name in file_of.items() if (dags_folder / name).exists()]
+problems = [f"{d}: {dags_folder / name} does not exist" for d, name in file_of.items() if d not in pending]
 deadline, token = time.monotonic() + timeout_s, None
 while pending and time.monotonic() < deadline:
     try:
