@@ -93,7 +93,11 @@ def tidal_incremental():
 
     # Runs only on the severe branch, so the asset event (and the retrain it schedules) means severe drift.
     @task(outlets=[SEVERE_DRIFT])
-    def signal_severe_drift(drift_summary: dict, *, outlet_events=None, run_id=None) -> dict:
+    def signal_severe_drift(drift_summary: dict) -> dict:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+        outlet_events, run_id = context["outlet_events"], context["run_id"]
         extra = {"reason": f"severe drift seen by tidal_incremental run {run_id}",
                  "features": [r["feature"] for r in drift_summary.get("features", []) if r.get("severity") == "severe"],
                  "reference_version": drift_summary.get("reference_version")}
