@@ -47,7 +47,8 @@ declare -A started_with=(
 
 persisted() { # persisted NAME: the value the last `up` wrote, empty when none
   [[ -f $env_file ]] || return 0
-  sed -n "s/^$1=//p" "$env_file" | tail -1
+  # Read back as the shell reads it: values are written shell-quoted (a cron such as `0 3 * * 0` has spaces).
+  (unset "$1"; set -a; source "$env_file" >/dev/null 2>&1; printf '%s' "${!1:-}")
 }
 
 declare -A settings
@@ -223,7 +224,7 @@ write_env() {
   {
     echo "# Written by scripts/stack.sh up (settings from its shell) or by the first env; source it to use the stack."
     for name in "${setting_names[@]}"; do
-      if [[ -n ${settings[$name]} ]]; then echo "$name=${settings[$name]}"; fi
+      if [[ -n ${settings[$name]} ]]; then printf '%s=%q\n' "$name" "${settings[$name]}"; fi
     done
     cat <<EOF
 TIDAL_S3_ENDPOINT=http://127.0.0.1:${settings[TIDAL_S3_PORT]}
