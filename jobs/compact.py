@@ -42,21 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from tidal.config import Settings, load_settings
+from tidal.landing import newest_committed_batch
 from tidal.storage import StorageLayout
 
 STAGING_PREFIX = "_compacting-"
 PARKED_PREFIX = "_parked-"
 TRASH_DIR = "_trash"
 TRASH_GRACE_S = 3600.0
-
-
-def newest_committed_batch(layout: StorageLayout) -> int | None:
-    """The newest batch id the stream checkpoint has committed (commits/<id>). Every batch up to it can never be
-    replayed; only the newest commits are kept (spark.sql.streaming.minBatchesToRetain), so older batches are
-    known committed by being older, not by their own file."""
-    commits = layout.stream_checkpoint / "commits"
-    ids = [int(p.name) for p in commits.iterdir() if p.name.isdigit()] if commits.exists() else []
-    return max(ids, default=None)
 
 
 def current_watermark(layout: StorageLayout, allowed_lateness_s: int) -> datetime | None:

@@ -42,14 +42,23 @@ def consumed_landing_files(layout: StorageLayout) -> set[Path]:
     return consumed
 
 
+def newest_checkpoint_batch(layout: StorageLayout, log: str) -> int | None:
+    """The newest batch id in one of the stream checkpoint's logs: `offsets` (planned) or `commits` (committed)."""
+    path = layout.stream_checkpoint / log
+    return max((int(p.name) for p in path.iterdir() if p.name.isdigit()), default=None) if path.exists() else None
+
+
+def newest_committed_batch(layout: StorageLayout) -> int | None:
+    """The newest batch id the stream checkpoint has committed (commits/<id>). Every batch up to it can never be
+    replayed; only the newest commits are kept (spark.sql.streaming.minBatchesToRetain), so older batches are
+    known committed by being older, not by their own file."""
+    return newest_checkpoint_batch(layout, "commits")
+
+
 def uncommitted_batch(layout: StorageLayout) -> int | None:
     """The id of a batch the stream planned but never committed (the next run replays it), or None."""
-    def newest(folder: str) -> int:
-        path = layout.stream_checkpoint / folder
-        return max((int(p.name) for p in path.iterdir() if p.name.isdigit()), default=-1) if path.exists() else -1
-
-    planned = newest("offsets")
-    return planned if planned > newest("commits") else None
+    planned, committed = newest_checkpoint_batch(layout, "offsets"), newest_committed_batch(layout)
+    return planned if planned is not None and (committed is None or planned > committed) else None
 
 
 def pending_landing_files(layout: StorageLayout) -> list[Path]:
