@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated training seeds, each a full replay (default: 0,1,2); more seeds "
                              "narrow the spread of the means, at one replay's CPU each")
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes running seeds in parallel (default: one per core, at most one per seed)")
+                        help="processes running the replay's steps in parallel (default: one per core)")
     return parser
 
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = "/".join(args.interactions.resolve().parts[-2:])
     if args.workers is not None and args.workers < 1:
         raise SystemExit("tidal evaluate prequential: --workers must be at least 1")
-    workers = args.workers or max(1, min(len(args.seeds), os.cpu_count() or 1))
+    workers = args.workers or max(1, os.cpu_count() or 1)
     report = run_prequential(interactions, items, cfg=TrainConfig(), protocol=Protocol(seeds=args.seeds, workers=workers),
                              dataset=dataset)
     args.out.mkdir(parents=True, exist_ok=True)

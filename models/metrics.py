@@ -1,4 +1,4 @@
-"""Ranking metrics and the per-window evaluation rule of the prequential protocol (DESIGN.md).
+"""Ranking metrics and the per-window evaluation rule of the prequential protocol (docs/evaluation.md).
 
 `evaluate_window` is the single implementation of the protocol's candidate, exclusion and truth rules; the
 harness (`models.prequential`) and the platform's gate both call it, so their numbers compare.
@@ -6,6 +6,7 @@ harness (`models.prequential`) and the platform's gate both call it, so their nu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -42,26 +43,29 @@ def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def evaluate_window(checkpoint: Scorer, history: pd.DataFrame, window: pd.DataFrame, k: int = 10) -> dict:
-    """Evaluate `checkpoint` on one window, given everything seen before it (`history`).
+@dataclass(frozen=True)
+class WindowTask:
+    """One window's evaluation set under the protocol's rules, computed once and shared by every scorer.
 
-    Rules (DESIGN.md, Evaluation protocol):
-    - evaluated users: at least one interaction in `window` and one in `history`;
-    - candidates: every item in `history`;
-    - each user's `history` items are excluded from their ranking;
-    - truth: the user's distinct items in `window` not in their history, including items never seen in
-      `history` (unreachable, but they count in |truth|); a user with empty truth is skipped;
-    - metrics: mean over users of Recall@k and binary NDCG@k.
-    Returns {"recall_at_<k>": float, "ndcg_at_<k>": float, "users": int}; k is 10 in the protocol.
-    """
+    users: evaluated users; candidates: items seen before the window, in order of first appearance;
+    excluded: for each user, the candidate positions of their earlier items; truths: each user's new distinct
+    items in the window (unreachable ones included)."""
+
+    users: list[str]
+    candidates: list[str]
+    excluded: list[np.ndarray]
+    truths: list[set[str]]
+    k: int = 10
+
+
+def prepare_window(history: pd.DataFrame, window: pd.DataFrame, k: int = 10) -> WindowTask:
+    """The protocol's candidate, exclusion and truth rules for one window (see `evaluate_window`)."""
     hist_items_by_user = history.groupby("user_id", sort=False)["item_id"].agg(set)
     win_items_by_user = window.groupby("user_id", sort=False)["item_id"].agg(set)
     # Candidates in order of first appearance: deterministic, and independent of id spelling.
     candidates = pd.unique(history["item_id"]).tolist()
     cand_index = {item: j for j, item in enumerate(candidates)}
-
-    users: list[str] = []
-    truths: list[set[str]] = []
+    users, truths, excluded = [], [], []
     for user, win_items in win_items_by_user.items():
         seen = hist_items_by_user.get(user)
         if seen is None:
@@ -70,25 +74,50 @@ def evaluate_window(checkpoint: Scorer, history: pd.DataFrame, window: pd.DataFr
         if truth:
             users.append(user)
             truths.append(truth)
-    if not users:
-        return {f"recall_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan"), "users": 0}
+            excluded.append(np.fromiter((cand_index[i] for i in seen), dtype=np.int64, count=len(seen)))
+    return WindowTask(users=users, candidates=candidates, excluded=excluded, truths=truths, k=k)
 
+
+def evaluate_scores(scores: np.ndarray, task: WindowTask) -> dict:
+    """Metrics of a precomputed (U, I) score matrix over `task.users` x `task.candidates`."""
+    k = task.k
+    if not task.users:
+        return {f"recall_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan"), "users": 0}
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(task.users), len(task.candidates)):
+        raise ValueError(f"score() returned {scores.shape}, expected {(len(task.users), len(task.candidates))}")
+    scores = np.where(np.isfinite(scores), scores, -np.inf)  # a broken score never ranks first (a copy)
+    for row, excluded in enumerate(task.excluded):
+        scores[row, excluded] = -np.inf
+    top = _top_k_rows(scores, k)  # (U, k)
     recalls: list[float] = []
     ndcgs: list[float] = []
-    chunk = 256  # bounds memory at (256, I) floats for large catalogs
-    for start in range(0, len(users), chunk):
-        batch_users = users[start:start + chunk]
-        scores = np.asarray(checkpoint.score(batch_users, candidates), dtype=np.float64)  # (U, I)
-        if scores.shape != (len(batch_users), len(candidates)):
-            raise ValueError(f"score() returned {scores.shape}, expected {(len(batch_users), len(candidates))}")
-        scores = np.where(np.isfinite(scores), scores, -np.inf)  # a broken score never ranks first
-        for row, user in enumerate(batch_users):
-            excluded = [cand_index[i] for i in hist_items_by_user[user]]
-            scores[row, excluded] = -np.inf
-        top = _top_k_rows(scores, k)  # (U, k)
-        for row, user in enumerate(batch_users):
-            ranked = [candidates[j] for j in top[row] if np.isfinite(scores[row, j])]
-            truth = truths[start + row]
-            recalls.append(recall_at_k(ranked, truth, k))
-            ndcgs.append(ndcg_at_k(ranked, truth, k))
-    return {f"recall_at_{k}": float(np.mean(recalls)), f"ndcg_at_{k}": float(np.mean(ndcgs)), "users": len(users)}
+    for row, truth in enumerate(task.truths):
+        ranked = [task.candidates[j] for j in top[row] if np.isfinite(scores[row, j])]
+        recalls.append(recall_at_k(ranked, truth, k))
+        ndcgs.append(ndcg_at_k(ranked, truth, k))
+    return {f"recall_at_{k}": float(np.mean(recalls)), f"ndcg_at_{k}": float(np.mean(ndcgs)), "users": len(task.users)}
+
+
+def score_task(checkpoint: Scorer, task: WindowTask) -> np.ndarray:
+    """The scorer's (U, I) matrix for a task, in chunks of 256 users (bounds memory for large catalogs)."""
+    chunk = 256
+    parts = [np.asarray(checkpoint.score(task.users[s:s + chunk], task.candidates), dtype=np.float64)
+             for s in range(0, len(task.users), chunk)]
+    return np.concatenate(parts, 0) if parts else np.zeros((0, len(task.candidates)))
+
+
+def evaluate_window(checkpoint: Scorer, history: pd.DataFrame, window: pd.DataFrame, k: int = 10) -> dict:
+    """Evaluate `checkpoint` on one window, given everything seen before it (`history`).
+
+    Rules (the evaluation protocol, docs/evaluation.md):
+    - evaluated users: at least one interaction in `window` and one in `history`;
+    - candidates: every item in `history`;
+    - each user's `history` items are excluded from their ranking;
+    - truth: the user's distinct items in `window` not in their history, including items never seen in
+      `history` (unreachable, but they count in |truth|); a user with empty truth is skipped;
+    - metrics: mean over users of Recall@k and binary NDCG@k.
+    Returns {"recall_at_<k>": float, "ndcg_at_<k>": float, "users": int}; k is 10 in the protocol.
+    """
+    task = prepare_window(history, window, k)
+    return evaluate_scores(score_task(checkpoint, task), task) if task.users else evaluate_scores(None, task)

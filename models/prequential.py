@@ -1,8 +1,9 @@
-"""Prequential (test-then-train) replay: the one way tidal measures recommendation quality (DESIGN.md).
+"""Prequential (test-then-train) replay: the one way tidal measures recommendation quality
+(docs/evaluation.md).
 
 The stream is sorted by time (stable on ties); the first 50% of interactions by count is the warm-up; the rest
 is cut into 20 consecutive windows of equal count (sizes differ by at most one). For each window every
-strategy is first evaluated (`models.metrics.evaluate_window`), then handed the window to learn from.
+strategy is first evaluated (`models.metrics`), then handed the window to learn from.
 
 Strategies (names are the report's keys):
     static                 the warm-up model, never refreshed
@@ -16,7 +17,18 @@ Strategies (names are the report's keys):
                            weight for a window is the one that scored best on the previous window, the
                            freshest slice already seen, using the models as they were when it arrived
 
-Full retrains at the same point on the same data are the same model (same seed), so they are trained once and
+How the replay is computed (every step is a function below, run as independent tasks on `workers`
+processes; the numbers do not depend on the number of processes):
+    full_retrain_step(w)    train the full retrain before window w on everything before it, and score it
+                            where a strategy uses it (retrain_every_window at w; retrain_every_5 and static
+                            on the windows they serve)
+    incremental_chain()     from the warm-up model: score window w, fine-tune on it, for every w
+    reset_segment(s)        from the full retrain before window 5s: the reset chain and the blend's grid
+                            over windows 5s .. 5s+4
+    popularity_step()       the baseline (it has no seed, so it runs once)
+    assemble_seed()         the per-strategy means, costs and the blend's weight path
+
+Full retrains at the same point on the same data are the same model (same seed), so each is trained once and
 shared; each strategy is charged the CPU of every training it relies on, the warm-up included.
 
     result = run_prequential(interactions, items, cfg=TrainConfig(), protocol=Protocol())
@@ -28,6 +40,7 @@ import math
 import multiprocessing as mp
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -36,7 +49,7 @@ import pandas as pd
 import torch
 
 from models.data import sort_by_time
-from models.metrics import evaluate_window
+from models.metrics import WindowTask, evaluate_scores, prepare_window, score_task
 from models.recommender import Checkpoint, TrainConfig, train
 
 STRATEGIES = ("static", "retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5",
@@ -54,7 +67,7 @@ class Protocol:
     popularity_fraction: float = 0.1
     blend_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)   # weight of the incremental model
     seeds: tuple[int, ...] = (0, 1, 2)
-    workers: int = 2                                               # processes; seeds run in parallel
+    workers: int = 2                                               # processes running the replay's tasks
     torch_threads: int = 1                                         # per process
 
 
@@ -93,7 +106,13 @@ class Blend:
         if self.alpha == 1.0 or self.second is self.first:
             return a
         b = _zscore_rows(np.asarray(self.second.score(user_ids, item_ids), dtype=float))
-        return self.alpha * a + (1.0 - self.alpha) * b
+        return mix(a, b, self.alpha)
+
+
+def mix(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    """The blend of two z-scored matrices (the arithmetic `Blend.score` does, shared so a grid of weights
+    scores each model once)."""
+    return a if alpha == 1.0 else alpha * a + (1.0 - alpha) * b
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -101,131 +120,328 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def run_seed(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: TrainConfig, protocol: Protocol,
-             progress: Callable[[str], None] | None = None) -> dict:
-    """One seed of the replay. Returns {NAME: {"recall_at_10", "ndcg_at_10", "train_cpu_s", "train_wall_s",
-    "per_window": [...]}} plus "blend_alphas" (the weight used per window)."""
-    say = progress or (lambda _msg: None)
+# ----- the replay's shared state: one per process ---------------------------------------------------------
+
+@dataclass
+class Replay:
+    """The time-sorted stream, its windows and each window's evaluation set (built once per process)."""
+
+    stream: pd.DataFrame
+    items: pd.DataFrame | None
+    cfg: TrainConfig
+    protocol: Protocol
+    bounds: list[tuple[int, int]]
+    _tasks: dict[int, WindowTask] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def build(cls, interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: TrainConfig,
+              protocol: Protocol) -> "Replay":
+        stream = sort_by_time(interactions)
+        return cls(stream, items, cfg, protocol,
+                   window_bounds(len(stream), protocol.warmup_fraction, protocol.windows))
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.bounds)
+
+    def seen(self, w: int) -> pd.DataFrame:
+        return self.stream.iloc[:self.bounds[w][0]]
+
+    def window(self, w: int) -> pd.DataFrame:
+        return self.stream.iloc[self.bounds[w][0]:self.bounds[w][1]]
+
+    def task(self, w: int) -> WindowTask:
+        if w not in self._tasks:
+            self._tasks[w] = prepare_window(self.seen(w), self.window(w), self.protocol.k)
+        return self._tasks[w]
+
+    def scores(self, model, w: int) -> np.ndarray:
+        return score_task(model, self.task(w)) if self.task(w).users else None
+
+    def evaluate(self, model, w: int) -> dict:
+        return evaluate_scores(self.scores(model, w), self.task(w))
+
+    def config(self, seed: int) -> TrainConfig:
+        return dataclasses.replace(self.cfg, seed=seed)
+
+
+_REPLAY: Replay | None = None  # set in each worker by _init_worker (and in-process when workers == 1)
+
+
+def _init_worker(interactions, items, cfg, protocol) -> None:
+    global _REPLAY
     torch.set_num_threads(protocol.torch_threads)
-    stream = sort_by_time(interactions)
-    bounds = window_bounds(len(stream), protocol.warmup_fraction, protocol.windows)
-    n_windows = len(bounds)
-    reset = protocol.reset_every
+    _REPLAY = Replay.build(interactions, items, cfg, protocol)
 
-    cost = {name: {"cpu": 0.0, "wall": 0.0} for name in STRATEGIES}
-    per_window = {name: [] for name in STRATEGIES}
 
-    def charge(result, *names: str) -> None:
-        for name in names:
-            cost[name]["cpu"] += result.train_cpu_s
-            cost[name]["wall"] += result.wall_s
+class _Cost:
+    """CPU and wall seconds of a piece of work, summed."""
 
-    def accept(result, what: str) -> Checkpoint:
-        # The harness applies the platform's rule: a non-finite candidate is rejected. A full retrain has no
-        # previous model to fall back on, so that is fatal.
-        if not result.finite:
-            raise RuntimeError(f"{what}: training produced non-finite loss or weights")
-        return result.checkpoint
+    def __init__(self):
+        self.cpu = self.wall = 0.0
 
-    retrains: dict[int, Checkpoint] = {}
+    def add_result(self, result) -> None:
+        self.cpu += result.train_cpu_s
+        self.wall += result.wall_s
 
-    def full_retrain(w: int) -> tuple[Checkpoint, object]:
-        """The full retrain before window w (on everything before it); trained once, shared."""
-        start = bounds[w][0]
-        res = train(stream.iloc[:start], cfg=cfg, items=items)
-        retrains[w] = accept(res, f"full retrain before window {w}")
-        return retrains[w], res
+    def add_since(self, cpu0: float, wall0: float) -> None:
+        self.cpu += time.process_time() - cpu0
+        self.wall += time.perf_counter() - wall0
 
-    t0 = time.perf_counter()
-    warm, res = full_retrain(0)
-    charge(res, *STRATEGIES[:5], "blend")
-    say(f"warm-up retrain on {bounds[0][0]} events: {res.train_cpu_s:.1f} CPU s, loss {res.losses[-1]:.3f}")
-    incremental = warm
-    chain = warm                      # incremental_reset_5's model
-    chain_anchor = warm               # its last full retrain
-    blend_alpha = 1.0
-    alphas_used: list[float] = []
+    def as_dict(self) -> dict:
+        return {"cpu": self.cpu, "wall": self.wall}
 
-    for w, (start, end) in enumerate(bounds):
-        seen, window = stream.iloc[:start], stream.iloc[start:end]
-        # ----- test -----
-        pop_t = (time.process_time(), time.perf_counter())
-        popularity = RecentPopularity(seen, protocol.popularity_fraction)
-        cost["popularity_recent"]["cpu"] += time.process_time() - pop_t[0]
-        cost["popularity_recent"]["wall"] += time.perf_counter() - pop_t[1]
-        models = {
-            "static": warm,
-            "retrain_every_window": retrains[w],
-            "retrain_every_5": retrains[reset * (w // reset)],
-            "incremental": incremental,
-            "incremental_reset_5": chain,
-            "popularity_recent": popularity,
-        }
-        for name, model in models.items():
-            per_window[name].append(evaluate_window(model, seen, window, protocol.k))
-        # The blend uses the weight fitted on the previous window, then fits the next weight on this one
-        # (which, once evaluated, is the freshest data seen). The fit is charged to the blend's CPU.
-        fit_t = (time.process_time(), time.perf_counter())
-        grid = {a: evaluate_window(Blend(chain, chain_anchor, a), seen, window, protocol.k)
-                for a in protocol.blend_grid}
-        per_window["blend"].append(grid[blend_alpha] if blend_alpha in grid else
-                                   evaluate_window(Blend(chain, chain_anchor, blend_alpha), seen, window, protocol.k))
-        alphas_used.append(blend_alpha)
-        if chain is not chain_anchor and grid[protocol.blend_grid[0]]["users"] > 0:
-            # Highest recall wins; ties go to the larger weight on the fresher model.
-            blend_alpha = max(protocol.blend_grid, key=lambda a: (grid[a]["recall_at_10"], a))
-        cost["blend"]["cpu"] += time.process_time() - fit_t[0]
-        cost["blend"]["wall"] += time.perf_counter() - fit_t[1]
 
-        line = " ".join(f"{name}={per_window[name][-1]['recall_at_10']:.4f}" for name in STRATEGIES)
-        say(f"window {w + 1}/{n_windows} users={per_window['static'][-1]['users']} {line} "
-            f"[{time.perf_counter() - t0:.0f}s]")
-        if w + 1 == n_windows:
+def _accept(result, what: str) -> Checkpoint:
+    # The harness applies the platform's rule: a non-finite candidate is rejected. A full retrain has no
+    # previous model to fall back on, so that is fatal.
+    if not result.finite:
+        raise RuntimeError(f"{what}: training produced non-finite loss or weights")
+    return result.checkpoint
+
+
+# ----- the steps --------------------------------------------------------------------------------------------
+
+def full_retrain_step(seed: int, w: int) -> dict:
+    """The full retrain before window w, scored on every window a strategy uses it for. Returns its metrics
+    by strategy and window, its training cost, and the checkpoint itself where a chain starts from it."""
+    rp = _REPLAY
+    reset = rp.protocol.reset_every
+    result = train(rp.seen(w), cfg=rp.config(seed), items=rp.items)
+    model = _accept(result, f"full retrain before window {w}")
+    metrics: dict[str, dict[int, dict]] = {"retrain_every_window": {w: rp.evaluate(model, w)}}
+    if w % reset == 0:
+        metrics["retrain_every_5"] = {v: (metrics["retrain_every_window"][w] if v == w else rp.evaluate(model, v))
+                                      for v in range(w, min(w + reset, rp.n_windows))}
+    if w == 0:
+        metrics["static"] = {v: (metrics["retrain_every_window"][0] if v == 0 else
+                                 metrics["retrain_every_5"].get(v) or rp.evaluate(model, v))
+                             for v in range(rp.n_windows)}
+    return {"metrics": metrics, "cost": {"cpu": result.train_cpu_s, "wall": result.wall_s},
+            "loss": result.losses[-1] if result.losses else float("nan"),
+            "checkpoint": model.to_dict() if w % reset == 0 else None}
+
+
+def incremental_chain(seed: int, warm: dict) -> dict:
+    """From the warm-up model: score each window, then fine-tune on it (anchor: the warm-up model)."""
+    rp = _REPLAY
+    cfg = rp.config(seed)
+    anchor = model = Checkpoint.from_dict(warm)
+    cost, metrics, rejected = _Cost(), {}, []
+    for w in range(rp.n_windows):
+        metrics[w] = rp.evaluate(model, w)
+        if w + 1 == rp.n_windows:
             break  # nothing is evaluated after the last window, so nothing trains on it
+        result = train(rp.window(w), cfg=cfg, init_from=model, anchor=anchor, replay=rp.seen(w), items=rp.items)
+        cost.add_result(result)
+        if result.finite:
+            model = result.checkpoint
+        else:
+            rejected.append(w)
+    return {"metrics": {"incremental": metrics}, "cost": cost.as_dict(), "rejected": rejected}
 
-        # ----- train -----
-        _, res = full_retrain(w + 1)
-        charge(res, "retrain_every_window")
-        res_inc = train(window, cfg=cfg, init_from=incremental, anchor=warm, replay=seen, items=items)
-        charge(res_inc, "incremental")
-        if res_inc.finite:
-            incremental = res_inc.checkpoint
+
+def reset_segment(seed: int, s: int, start_model: dict) -> dict:
+    """incremental_reset_5 and the blend's grid over the windows of reset segment s (5s .. 5s+4), starting
+    from the full retrain before window 5s. The blend's weight path is chosen later (`assemble_seed`): a
+    segment's first weight comes from the segment before it."""
+    rp = _REPLAY
+    cfg, reset, grid_alphas = rp.config(seed), rp.protocol.reset_every, rp.protocol.blend_grid
+    anchor = chain = Checkpoint.from_dict(start_model)
+    chain_cost, blend_eval_cost = _Cost(), _Cost()
+    metrics, grids, is_anchor = {}, {}, {}
+    windows = range(reset * s, min(reset * (s + 1), rp.n_windows))
+    for w in windows:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        scores = rp.scores(chain, w)
+        metrics[w] = evaluate_scores(scores, rp.task(w))
+        chain_cost_eval = (time.process_time() - cpu0, time.perf_counter() - wall0)
+        # The blend's grid: each model scored once, every weight from the same two matrices.
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if scores is None:
+            grids[w] = {a: metrics[w] for a in grid_alphas}
         else:
-            say(f"incremental fine-tune after window {w + 1} rejected (non-finite); keeping the previous model")
-        if (w + 1) % reset == 0:
-            charge(res, "retrain_every_5", "incremental_reset_5", "blend")
-            chain = chain_anchor = retrains[w + 1]
+            first = _zscore_rows(scores)
+            second = first if chain is anchor else _zscore_rows(rp.scores(anchor, w))
+            grids[w] = {a: evaluate_scores(first if chain is anchor else mix(first, second, a), rp.task(w))
+                        for a in grid_alphas}
+        blend_eval_cost.add_since(cpu0, wall0)
+        # The old harness charged the blend for scoring its chain model as well.
+        blend_eval_cost.cpu += chain_cost_eval[0]
+        blend_eval_cost.wall += chain_cost_eval[1]
+        is_anchor[w] = chain is anchor
+        if w + 1 == windows.stop or w + 1 == rp.n_windows:
+            break  # the next window starts from a full retrain (or there is none)
+        result = train(rp.window(w), cfg=cfg, init_from=chain, anchor=anchor, replay=rp.seen(w), items=rp.items)
+        chain_cost.add_result(result)
+        if result.finite:
+            chain = result.checkpoint
+    return {"metrics": {"incremental_reset_5": metrics}, "grids": grids, "is_anchor": is_anchor,
+            "cost": chain_cost.as_dict(), "blend_eval_cost": blend_eval_cost.as_dict()}
+
+
+def popularity_step() -> dict:
+    """The recent-popularity baseline on every window, with its (tiny) cost."""
+    rp = _REPLAY
+    cost, metrics = _Cost(), {}
+    for w in range(rp.n_windows):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        model = RecentPopularity(rp.seen(w), rp.protocol.popularity_fraction)
+        cost.add_since(cpu0, wall0)
+        metrics[w] = rp.evaluate(model, w)
+    return {"metrics": {"popularity_recent": metrics}, "cost": cost.as_dict()}
+
+
+def blend_path(grids: dict[int, dict[float, dict]], is_anchor: dict[int, bool], grid_alphas: Sequence[float]
+               ) -> tuple[list[float], list[dict]]:
+    """The blend's weight per window and its metrics: window w uses the weight that scored best on window
+    w - 1 (highest recall; ties go to the larger weight on the fresher model), starting at 1.0; a window whose
+    chain is its anchor (just reset) tells nothing about the weight, so it keeps the previous one."""
+    alpha, alphas, rows = 1.0, [], []
+    for w in sorted(grids):
+        grid = grids[w]
+        rows.append(grid[alpha])
+        alphas.append(alpha)
+        if not is_anchor[w] and grid[grid_alphas[0]]["users"] > 0:
+            alpha = max(grid_alphas, key=lambda a: (grid[a]["recall_at_10"], a))
+    return alphas, rows
+
+
+def assemble_seed(parts: list[dict], n_windows: int, protocol: Protocol) -> dict:
+    """One seed's report from its steps' results: per strategy the window metrics, their means and the
+    training CPU of everything the strategy relies on."""
+    reset = protocol.reset_every
+    per_window: dict[str, dict[int, dict]] = {name: {} for name in STRATEGIES}
+    retrain_cost: dict[int, dict] = {}
+    cost = {name: _Cost() for name in STRATEGIES}
+    grids, is_anchor = {}, {}
+    for part in parts:
+        for name, rows in part["metrics"].items():
+            per_window[name].update(rows)
+        if "retrain_w" in part:
+            retrain_cost[part["retrain_w"]] = part["cost"]
+        elif "grids" in part:
+            grids.update(part["grids"])
+            is_anchor.update(part["is_anchor"])
+            for name in ("incremental_reset_5", "blend"):
+                cost[name].cpu += part["cost"]["cpu"]
+                cost[name].wall += part["cost"]["wall"]
+            cost["blend"].cpu += part["blend_eval_cost"]["cpu"]
+            cost["blend"].wall += part["blend_eval_cost"]["wall"]
         else:
-            res_chain = train(window, cfg=cfg, init_from=chain, anchor=chain_anchor, replay=seen, items=items)
-            charge(res_chain, "incremental_reset_5", "blend")
-            if res_chain.finite:
-                chain = res_chain.checkpoint
-            else:
-                say(f"incremental_reset_5 fine-tune after window {w + 1} rejected (non-finite)")
-        # Keep only the retrains a strategy still needs (memory stays flat on long streams).
-        for old in [k for k in retrains if k not in (0, w + 1, reset * ((w + 1) // reset))]:
-            del retrains[old]
+            for name in part["metrics"]:
+                cost[name].cpu += part["cost"]["cpu"]
+                cost[name].wall += part["cost"]["wall"]
+
+    def charge(w: int, *names: str) -> None:
+        for name in names:
+            cost[name].cpu += retrain_cost[w]["cpu"]
+            cost[name].wall += retrain_cost[w]["wall"]
+
+    charge(0, "static", "retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5", "blend")
+    for w in range(1, n_windows):
+        charge(w, "retrain_every_window")
+        if w % reset == 0:
+            charge(w, "retrain_every_5", "incremental_reset_5", "blend")
+    alphas, blend_rows = blend_path(grids, is_anchor, protocol.blend_grid)
+    per_window["blend"] = dict(enumerate(blend_rows))
 
     out = {}
     for name in STRATEGIES:
-        rows = per_window[name]
+        rows = [per_window[name][w] for w in range(n_windows)]
         out[name] = {
             "recall_at_10": _mean([r["recall_at_10"] for r in rows]),
             "ndcg_at_10": _mean([r["ndcg_at_10"] for r in rows]),
-            "train_cpu_s": cost[name]["cpu"],
-            "train_wall_s": cost[name]["wall"],
+            "train_cpu_s": cost[name].cpu,
+            "train_wall_s": cost[name].wall,
             "per_window": rows,
         }
-    out["blend_alphas"] = alphas_used
+    out["blend_alphas"] = alphas
     return out
 
 
-def _run_seed_worker(args) -> tuple[int, dict]:
-    interactions, items, cfg, protocol, seed = args
-    prefix = f"[seed {seed}] "
-    result = run_seed(interactions, items, dataclasses.replace(cfg, seed=seed), protocol,
-                      progress=lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
-    return seed, result
+# ----- scheduling -------------------------------------------------------------------------------------------
+
+def _run_steps(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: TrainConfig, protocol: Protocol,
+               say: Callable[[str], None]) -> dict[int, dict]:
+    """Every step of every seed, on `protocol.workers` processes; returns each seed's assembled report.
+
+    Steps are independent except that the chains start from full retrains, so those retrains go first;
+    the rest run longest first, which keeps both processes busy to the end."""
+    global _REPLAY
+    replay = Replay.build(interactions, items, cfg, protocol)
+    n, reset = replay.n_windows, protocol.reset_every
+    starts = [b[0] for b in replay.bounds]
+    seeds = list(protocol.seeds)
+    parts: dict[int, list[dict]] = {s: [] for s in seeds}
+    # (priority, label, function, args): higher priority first. A chain's priority is its rough cost in
+    # trained examples, like a retrain's, so long steps start early.
+    ready: list[tuple[float, str, Callable, tuple]] = []
+    ft_size = 2 * (starts[1] - starts[0]) * (cfg.finetune_epochs or cfg.epochs) if n > 1 else 0
+    for s in seeds:
+        for w in range(n):
+            unlocks = w % reset == 0
+            ready.append(((1e12 if unlocks else 0) + starts[w] * cfg.epochs, f"seed {s} retrain {w}",
+                          full_retrain_step, (s, w)))
+    ready.append((-1e12, "popularity", popularity_step, ()))
+    t0 = time.perf_counter()
+
+    def finished(label: str, fn: Callable, args: tuple, result: dict) -> None:
+        if fn is popularity_step:
+            for s in seeds:
+                parts[s].append(result)
+            return
+        seed = args[0]
+        if fn is full_retrain_step:
+            w = args[1]
+            result["retrain_w"] = w
+            if result["checkpoint"] is not None:
+                ck = result.pop("checkpoint")
+                if w == 0:
+                    ready.append((ft_size * (n - 1), f"seed {seed} incremental", incremental_chain, (seed, ck)))
+                ready.append((ft_size * (reset - 1), f"seed {seed} reset segment {w // reset}", reset_segment,
+                              (seed, w // reset, ck)))
+            else:
+                result.pop("checkpoint")
+        parts[seed].append(result)
+        say(f"{label} done [{time.perf_counter() - t0:.0f}s]")
+
+    if protocol.workers <= 1:
+        previous, _REPLAY = _REPLAY, replay
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(protocol.torch_threads)
+        try:
+            while ready:
+                ready.sort(key=lambda r: -r[0])
+                _, label, fn, args = ready.pop(0)
+                finished(label, fn, args, fn(*args))
+        finally:
+            _REPLAY = previous
+            torch.set_num_threads(torch_threads)
+    else:
+        # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+        with ProcessPoolExecutor(protocol.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(interactions, items, cfg, protocol)) as pool:
+            running = {}
+            while ready or running:
+                ready.sort(key=lambda r: -r[0])
+                while ready and len(running) < protocol.workers:
+                    _, label, fn, args = ready.pop(0)
+                    running[pool.submit(fn, *args)] = (label, fn, args)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    label, fn, args = running.pop(future)
+                    finished(label, fn, args, future.result())
+    return {s: assemble_seed(parts[s], n, protocol) for s in seeds}
+
+
+def run_seed(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: TrainConfig, protocol: Protocol,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """One seed (`cfg.seed`) of the replay. Returns {NAME: {"recall_at_10", "ndcg_at_10", "train_cpu_s",
+    "train_wall_s", "per_window": [...]}} plus "blend_alphas" (the weight used per window)."""
+    say = progress or (lambda _msg: None)
+    protocol = dataclasses.replace(protocol, seeds=(cfg.seed,))
+    return _run_steps(interactions, items, cfg, protocol, say)[cfg.seed]
 
 
 def run_prequential(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
@@ -237,15 +453,10 @@ def run_prequential(interactions: pd.DataFrame, items: pd.DataFrame | None = Non
     each seed's own means so the spread is visible.
     """
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    jobs = [(interactions, items, cfg, protocol, seed) for seed in protocol.seeds]
     say(f"prequential replay: {len(interactions)} events, {protocol.windows} windows, seeds {list(protocol.seeds)}, "
-        f"{min(protocol.workers, len(jobs))} process(es)")
-    if protocol.workers > 1 and len(jobs) > 1:
-        # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-        with mp.get_context("spawn").Pool(min(protocol.workers, len(jobs))) as pool:
-            results = dict(pool.imap_unordered(_run_seed_worker, jobs))
-    else:
-        results = dict(_run_seed_worker(job) for job in jobs)
+        f"{protocol.workers} process(es)")
+    wall0 = time.perf_counter()
+    results = _run_steps(interactions, items, cfg, protocol, say)
     seeds = list(protocol.seeds)
 
     strategies = {}
@@ -272,7 +483,8 @@ def run_prequential(interactions: pd.DataFrame, items: pd.DataFrame | None = Non
     strategies["blend"]["alphas_per_seed"] = {str(s): results[s]["blend_alphas"] for s in seeds}
     params = {**{k: v for k, v in asdict(cfg).items() if k != "seed"},
               **{f"protocol_{k}": (list(v) if isinstance(v, tuple) else v) for k, v in asdict(protocol).items()}}
-    report = {"dataset": dataset, "events": int(len(interactions)), "params": params, "strategies": strategies}
+    report = {"dataset": dataset, "events": int(len(interactions)), "params": params, "strategies": strategies,
+              "replay_wall_s": time.perf_counter() - wall0}
     report["targets"] = targets(strategies)
     return report
 

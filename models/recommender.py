@@ -142,6 +142,7 @@ class Checkpoint:
         self._item_index = {i: j for j, i in enumerate(self._item_ids)}
         self._catalog_index = {i: j for j, i in enumerate(self.catalog_ids)}
         self._net: _Net | None = None
+        self._vocab_cache: tuple | None = None
 
     # ----- vocabularies -------------------------------------------------------------------------------------
     @property
@@ -206,14 +207,28 @@ class Checkpoint:
         tensors = list(self.weights.values()) + [self.popularity]
         return all(bool(torch.isfinite(t).all()) for t in tensors)
 
+    def _vocab_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vectors (I, D), biases (I,) and log-popularity (I,) of the whole vocabulary, computed once per
+        checkpoint (a checkpoint's weights never change after it is built)."""
+        if self._vocab_cache is None:
+            net = self.net()
+            with torch.no_grad():
+                vec, bias = net.items(torch.arange(len(self._item_ids)))
+                self._vocab_cache = (vec, bias, torch.log1p(self.popularity), net.item_bias.median()
+                                     if len(self._item_ids) else torch.tensor(0.0))
+        return self._vocab_cache[:3]
+
     def _item_side(self, item_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vectors (I, D), biases (I,) and log-popularity (I,) for any items, known or not."""
         net = self.net()
         known = np.array([self._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
         is_known = torch.from_numpy(known >= 0)
         idx = torch.from_numpy(np.where(known >= 0, known, 0))
+        all_vec, all_bias, all_logpop = self._vocab_side()
         with torch.no_grad():
-            vec, bias = net.items(idx)
+            vec, bias = all_vec[idx], all_bias[idx]
+            if bool(is_known.all()):
+                return vec, bias, all_logpop[idx]
             # Unknown items: content from the catalog (zero if absent), the median bias as a neutral prior.
             cat_rows = np.array([self._catalog_index.get(i, -1) for i in item_ids], dtype=np.int64)
             cats = torch.zeros(len(item_ids), self.catalog_categories.shape[1], dtype=torch.long)  # (I, M)
@@ -221,10 +236,10 @@ class Checkpoint:
             if bool(has.any()):
                 cats[has] = self.catalog_categories[torch.from_numpy(cat_rows[cat_rows >= 0])]
             cold_vec, cold_bias = net.content(cats)
-            median_bias = net.item_bias.median() if len(self._item_ids) else torch.tensor(0.0)
+            median_bias = self._vocab_cache[3]
             vec = torch.where(is_known.unsqueeze(1), vec, cold_vec)
             bias = torch.where(is_known, bias, cold_bias + median_bias)
-            logpop = torch.where(is_known, torch.log1p(self.popularity[idx]), torch.zeros(len(item_ids)))
+            logpop = torch.where(is_known, all_logpop[idx], torch.zeros(len(item_ids)))
         return vec, bias, logpop
 
     def _user_side(self, user_ids: Sequence[str]) -> torch.Tensor:
@@ -246,7 +261,7 @@ class Checkpoint:
                 return raw.double().numpy()
             # Standardize over the whole vocabulary, not over the candidates asked for, so a score is a
             # function of (user, item) alone.
-            all_vec, all_bias, all_logpop = self._item_side(self._item_ids)
+            all_vec, all_bias, all_logpop = self._vocab_side()
             full = users @ all_vec.T + all_bias                             # (U, I_vocab)
             mu, sd = full.mean(1, keepdim=True), full.std(1, keepdim=True).clamp(min=1e-6)
             pmu, psd = all_logpop.mean(), all_logpop.std().clamp(min=1e-6)
