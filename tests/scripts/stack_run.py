@@ -7,7 +7,9 @@ suite itself runs with the default stack's settings sourced), so a test sees onl
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -16,7 +18,8 @@ from tests.conftest import REPO_ROOT
 
 STACK = REPO_ROOT / "scripts" / "stack.sh"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-# Moved ports that keep clear of the default stack's (18333, 18090, 19300 and what they derive).
+# Moved ports that keep clear of the default stack's (18333, 18090, 19300 and what they derive), for tests that
+# start nothing; a test that starts a server takes free_ports().
 TEST_PORTS = {"TIDAL_S3_PORT": "21333", "TIDAL_AIRFLOW_PORT": "21090", "TIDAL_WEED_PORT_BASE": "20300"}
 
 
@@ -59,3 +62,18 @@ def still_alive(pids: dict[int, float]) -> list[str]:
 def stack_dir_env(stack_dir: Path, **settings: str) -> dict[str, str]:
     """A shell for a private stack in STACK_DIR: its own TIDAL_HOME and only the given settings."""
     return clean_env(TIDAL_STACK_DIR=str(stack_dir), TIDAL_HOME=str(stack_dir / "home"), **settings)
+
+
+def ports_in_block(base: int) -> dict[str, str]:
+    """Every port of a stack within base..base+99 and base+10000..base+10099."""
+    return {"TIDAL_WEED_PORT_BASE": str(base), "TIDAL_S3_PORT": str(base + 20), "TIDAL_AIRFLOW_PORT": str(base + 10)}
+
+
+def free_ports() -> dict[str, str]:
+    """Moved ports that are all free now, as `scripts/stack.sh ports` checks them: another suite on this machine
+    (a clean checkout's `make test`) may be running its own private stacks at the same time."""
+    for base in random.sample(range(20000, 28000, 100), 20):
+        with tempfile.TemporaryDirectory() as stack_dir:
+            if stack("ports", env=clean_env(TIDAL_STACK_DIR=stack_dir, **ports_in_block(base))).returncode == 0:
+                return ports_in_block(base)
+    raise AssertionError("no free block of ports in 20000..38099 for a private stack")

@@ -12,7 +12,7 @@ import botocore.exceptions
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.scripts.stack_run import TEST_PORTS, stack, stack_dir_env
+from tests.scripts.stack_run import free_ports, stack, stack_dir_env
 
 pytestmark = pytest.mark.stack
 STACK = str(REPO_ROOT / "scripts" / "stack.sh")
@@ -53,7 +53,7 @@ def test_a_moved_stack_that_would_collide_with_the_running_one_is_refused(s3_env
     s3_grpc = int(s3_env["endpoint"].rsplit(":", 1)[1]) + 10000
     stack_dir = tmp_path / "stack"
 
-    refused = stack("up", env=stack_dir_env(stack_dir, **{**TEST_PORTS, "TIDAL_S3_PORT": str(s3_grpc)}))
+    refused = stack("up", env=stack_dir_env(stack_dir, **{**free_ports(), "TIDAL_S3_PORT": str(s3_grpc)}))
 
     assert refused.returncode == 1
     assert (f"port {s3_grpc} on 127.0.0.1, wanted for the seaweedfs S3 API (TIDAL_S3_PORT), is in use by "

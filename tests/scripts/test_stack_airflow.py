@@ -18,11 +18,10 @@ import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.scripts.stack_run import clean_env, process_tree, stack, still_alive
+from tests.scripts.stack_run import clean_env, free_ports, process_tree, stack, still_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 SHIPPED = ("tidal_incremental", "tidal_full_retrain", "tidal_scheduled_retrain", "tidal_rollback")
-PORTS = {"TIDAL_S3_PORT": "23333", "TIDAL_AIRFLOW_PORT": "23090", "TIDAL_WEED_PORT_BASE": "22300"}
 BROKEN = 'raise RuntimeError("tidal test: this DAG file is broken on purpose")\n'
 # A task whose child sits in its own session, as the Spark JVM of a features task did when `make down` missed it.
 HOLD_DAG = '''
@@ -53,7 +52,8 @@ class Airflow:
     def __init__(self, repo: Path):
         self.repo, self.stack_dir = repo, repo / ".stack"
         self.script = repo / "scripts" / "stack.sh"
-        self.env = clean_env(**PORTS)
+        self.ports = free_ports()
+        self.env = clean_env(**self.ports)
         self.first_up = None
         self.token = None
 
@@ -68,7 +68,7 @@ class Airflow:
         return self._call(method, path, body, {"Authorization": f"Bearer {self.token}"})
 
     def _call(self, method, path, body=None, headers=None):
-        request = urllib.request.Request(f"http://127.0.0.1:{PORTS['TIDAL_AIRFLOW_PORT']}{path}", method=method,
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ports['TIDAL_AIRFLOW_PORT']}{path}", method=method,
                                          data=None if body is None else json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json", **(headers or {})})
         with urllib.request.urlopen(request, timeout=30) as reply:

@@ -29,6 +29,17 @@ def nothing_started(stack_dir) -> bool:
     return not (stack_dir / "stack.env").exists() and (not pids.exists() or not any(pids.iterdir()))
 
 
+def bind_below_the_ephemeral_range(sock: socket.socket, address: str) -> int:
+    """A free port in 25000..32000, so that the base it implies keeps every derived port under 65536."""
+    for port in random.sample(range(25000, 32000), 50):
+        try:
+            sock.bind((address, port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no free port in 25000..32000")
+
+
 @pytest.fixture
 def held_port():
     """A port this test listens on; the OS picks it from the ephemeral range, so port - 10000 is a valid S3 port."""
@@ -83,17 +94,6 @@ def test_a_log_server_port_held_on_ipv6_only_is_refused(private_stack):
     assert (f"port {held} on all interfaces, wanted for the airflow worker log server (TIDAL_WEED_PORT_BASE + 93), "
             f"is in use by ") in refused.stderr
     assert nothing_started(private_stack)
-
-
-def bind_below_the_ephemeral_range(sock: socket.socket, address: str) -> int:
-    """A free port in 25000..32000, so that the base it implies keeps every derived port under 65536."""
-    for port in random.sample(range(25000, 32000), 50):
-        try:
-            sock.bind((address, port))
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no free port in 25000..32000")
 
 
 def test_ports_wanted_twice_are_refused_naming_both_uses(private_stack):
