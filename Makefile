@@ -32,7 +32,7 @@ status:
 # Starts the stack in the background, feeds the stream, runs three cycles under the scheduler, prints a summary.
 demo: venv
 	$(STACK) up all
-	$(WITH_ENV) $(BIN)/python -m jobs.demo
+	$(WITH_ENV) $(BIN)/python -m devtools.demo
 
 # The whole suite. SeaweedFS is started for it (and stopped afterwards only if this target started it).
 test: venv

@@ -1,6 +1,6 @@
 """Full retrains: rebuild the training set over a history window and train from scratch. Two DAGs, one task chain:
-
-check_request -> build_training_set -> validate -> train -> gate -> promote -> version
+the steps of the full-retrain pipeline, declared in tidal/pipelines.py (FULL_RETRAIN; listed below, and by
+`tidal pipelines show`).
 
 - `tidal_full_retrain`: by hand, from the UI's trigger form or the REST API. Its Params form requires a reason, and
   the form, the API and `check_request` refuse the same things (one pattern, tidal.task_context.REASON_PATTERN), so
@@ -25,9 +25,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable,
+                         Param, dag, get_current_context)
 
-from tidal.task_context import MODEL_POOL, REASON_MAX_LENGTH, REASON_PATTERN, SEVERE_DRIFT_URI, settings_and_reports
+from tidal.dag_tasks import pipeline_tasks
+from tidal.pipelines import FULL_RETRAIN, describe
+from tidal.task_context import (REASON_MAX_LENGTH, REASON_PATTERN,
+                                SEVERE_DRIFT_URI, drift_events_of)
 
 SEVERE_DRIFT = Asset(SEVERE_DRIFT_URI)
 # Read from the environment, not params.yaml: no YAML parsing at DAG-parse time.
@@ -60,79 +64,22 @@ MANUAL_PARAMS = {
 
 
 def retrain_chain(manual: bool) -> None:
-    """The seven tasks of a full retrain; `manual` says where the request comes from (the form or the trigger)."""
+    """The full-retrain pipeline's tasks (tidal/pipelines.py); `manual` says where the request comes from: the
+    form (tidal_full_retrain) or what triggered the run (tidal_scheduled_retrain)."""
 
-    @task(retries=0)
-    def check_request() -> dict:
-        from jobs.retrain import check_request as check, request_for_run
+    def request() -> dict:
+        from jobs.training.request import request_for_run
 
-        settings, _, _ = settings_and_reports()
         context = get_current_context()
-        drift_events = [{"extra": dict(e.extra or {}), "source_dag_id": e.source_dag_id,
-                         "source_run_id": e.source_run_id}
-                        for e in context["triggering_asset_events"].get(SEVERE_DRIFT, [])]
-        raw = request_for_run(context["dag_run"].run_type, dict(context["params"]), drift_events, manual=manual)
-        return check(settings, raw)
+        drift_events = drift_events_of(context["triggering_asset_events"].get(SEVERE_DRIFT, []))
+        return request_for_run(context["dag_run"].run_type, dict(context["params"]), drift_events, manual=manual)
 
-    @task(pool=MODEL_POOL)
-    def build_training_set(request: dict) -> dict:
-        from jobs.retrain import build_training_set as build
-
-        settings, run_id, _ = settings_and_reports()
-        return build(settings, run_id, request["history_days"])
-
-    @task(retries=0)
-    def validate(built: dict) -> dict:
-        from jobs.retrain import validate_training_set
-
-        settings, run_id, reports = settings_and_reports()
-        return validate_training_set(settings, run_id, built, reports)
-
-    @task(pool=MODEL_POOL)
-    def train(built: dict, request: dict) -> dict:
-        from jobs.retrain import train_from_scratch
-
-        settings, run_id, reports = settings_and_reports()
-        return train_from_scratch(settings, run_id, built, request, reports)
-
-    @task(pool=MODEL_POOL)
-    def gate() -> dict:
-        from jobs.gate import run_gate
-
-        settings, run_id, reports = settings_and_reports()
-        return run_gate(settings, run_id, reports)
-
-    # A rejection is recorded first, then fails the task without a retry (a retry would record it twice).
-    @task(pool=MODEL_POOL, retries=0)
-    def promote(gate_summary: dict, request: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from jobs.retrain import promote_or_register, rejection_message
-
-        settings, run_id, reports = settings_and_reports()
-        summary = promote_or_register(settings, run_id, gate_summary, request, reports)
-        if message := rejection_message(summary):
-            raise AirflowFailException(message)
-        return summary
-
-    @task
-    def version() -> dict:
-        from jobs.version import run_version
-
-        settings, run_id, reports = settings_and_reports()
-        return run_version(settings, run_id, reports)
-
-    request = check_request()
-    built = build_training_set(request)
-    validated = validate(built)
-    trained = train(built, request)
-    gate_summary = gate()
-    validated >> trained >> gate_summary
-    promote(gate_summary, request) >> version()
+    pipeline_tasks(FULL_RETRAIN, run_inputs={"request": request})
 
 
 COMMON = dict(catchup=False, max_active_runs=1, dagrun_timeout=timedelta(hours=6),
-              default_args={"retries": 1, "retry_delay": timedelta(minutes=1)}, doc_md=__doc__)
+              default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
+              doc_md=__doc__ + "\n" + describe(FULL_RETRAIN))
 
 
 # allowed_run_types: Airflow itself refuses a manual run of the scheduled DAG (it has no reason) and a scheduled

@@ -1,6 +1,6 @@
 """tidal_rollback: point production back at an earlier version from the Airflow UI.
 
-One task, `rollback`, calls the same `jobs.rollback.run_rollback` as `tidal rollback`. The Params form asks for the
+One task, `rollback`, calls the same `jobs.release.rollback.run_rollback` as `tidal rollback`. The Params form asks for the
 target version (empty = the version that served before the current one), a reason (required) and who asks. The
 move is atomic and logged in registry/events.jsonl; the next incremental run fine-tunes from the target.
 Manual only (no schedule). Wiring only.
@@ -47,7 +47,7 @@ def tidal_rollback():
     # No retry: a rollback that failed (unknown version, corrupt target) needs a human, not a second try.
     @task(retries=0, pool=MODEL_POOL)
     def rollback() -> dict:
-        from jobs.rollback import run_rollback
+        from jobs.release.rollback import run_rollback
         from tidal.config import load_settings
 
         params = get_current_context()["params"]

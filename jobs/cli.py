@@ -1,65 +1,45 @@
-"""`tidal`: one subcommand per step, plus `tidal cycle` (all steps in order, without Airflow).
-
-Each subcommand hands its arguments to the job's own `main(argv)`, so `tidal features ...` and
-`python -m jobs.features ...` are the same program. Heavy imports happen only in the chosen job.
+"""`tidal`: one entry point; each command is a module's `main(argv)`, so `tidal features ...` and
+`python -m jobs.features.stream ...` are the same program. Heavy imports happen only in the chosen module.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 
-# subcommand -> (module, one-line help)
-STEP_COMMANDS = {
-    "generate": ("jobs.generate", "append synthetic interaction files to landing/events"),
-    "features": ("jobs.features", "Spark streaming: new landing files -> bronze, examples, quarantine"),
-    "compact": ("jobs.compact", "compact closed bronze dates into a few files (features does it after each run)"),
-    "validate": ("jobs.validate", "Great Expectations on a run's new examples, with Data Docs"),
-    "drift": ("jobs.drift", "KS drift test of new examples against the production reference"),
-    "finetune": ("jobs.finetune", "fine-tune a candidate from production (or train the first model)"),
-    "gate": ("jobs.gate", "score candidate vs production on the freshest held-out slice"),
-    "promote": ("jobs.promote", "move the production alias to a passing candidate"),
-    "version": ("jobs.version", "track the promoted model with DVC and push it to S3"),
-    "quarantine": ("jobs.quarantine", "list, export and replay quarantined records (list | export | replay)"),
-    "registry": ("jobs.registry_cli", "list and show model versions, and which served when (served-at)"),
-    "rollback": ("jobs.rollback", "point production back at an earlier version (--to V --reason ... [--by])"),
+# command -> (module whose main(argv) runs it, one-line help)
+COMMANDS = {
+    "generate": ("devtools.generate", "append synthetic interaction files to landing/events (development)"),
+    "features": ("jobs.features.stream", "Spark streaming: new landing files -> bronze, examples, quarantine"),
+    "compact": ("jobs.features.compact", "compact closed bronze dates into a few files (features does it after each run)"),
+    "validate": ("jobs.validation.validate", "Great Expectations on a run's new examples, with Data Docs"),
+    "drift": ("jobs.drift.run", "drift tests of new examples against the production reference"),
+    "finetune": ("jobs.training.finetune", "fine-tune a candidate from production (or train the first model)"),
+    "gate": ("jobs.release.gate", "score candidate vs production on the freshest held-out slice"),
+    "promote": ("jobs.release.promote", "move the production alias to a passing candidate"),
+    "version": ("jobs.release.version", "track the promoted model with DVC and push it to S3"),
+    "quarantine": ("jobs.features.quarantine", "list, export and replay quarantined records (list | export | replay)"),
+    "registry": ("jobs.release.registry_cli", "list and show model versions, and which served when (served-at)"),
+    "rollback": ("jobs.release.rollback", "point production back at an earlier version (--to V --reason ... [--by])"),
+    "cycle": ("jobs.cycle", "run every incremental step in order without Airflow [--json]"),
     "retrain": ("jobs.retrain", "full retrain from scratch over a history window (--reason ... [--days N])"),
+    "dvc-stage": ("jobs.training.dvc_stages", "one stage of dvc.yaml (dvc repro runs them)"),
+    "pipelines": ("tidal.pipelines", "show the pipelines' steps, or print dvc.yaml (show | dvc-yaml)"),
+    "evaluate": ("jobs.prequential", "evaluate prequential: replay of all strategies on an interactions file"),
 }
 USAGE = "usage: tidal <command> [args]\n\ncommands:\n" + "\n".join(
-    f"  {name:<22}{help_}" for name, (_, help_) in {
-        **STEP_COMMANDS,
-        "cycle [--json]": ("", "run every step in order without Airflow"),
-        "evaluate prequential": ("", "prequential replay of all strategies on an interactions file"),
-    }.items())
+    f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items())
 
 
-def cycle_main(argv: list[str]) -> int:
-    import argparse
-
-    from jobs.cycle import run_cycle
-    from tidal.config import load_settings
-
-    parser = argparse.ArgumentParser(prog="tidal cycle", description="Run one incremental cycle without Airflow.")
-    parser.add_argument("--json", action="store_true", help="print all step summaries as one JSON object on stdout")
-    parser.add_argument("--run-id", default=None)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    # With --json, stdout carries only the JSON; progress goes to stderr.
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
-    if args.json:
-        real_stdout, sys.stdout = sys.stdout, sys.stderr
-        try:
-            result = run_cycle(settings, args.run_id, log=log)
-        finally:
-            sys.stdout = real_stdout
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        result = run_cycle(settings, args.run_id, log=log)
-        for step, seconds in result["seconds"].items():
-            print(f"{step:<10} {seconds:>7.2f} s")
-        print(f"reports: {result['reports']}")
-    return 0
+def run_command(command: str, argv: list[str]) -> int:
+    """The one dispatch: import the command's module and hand it the rest of the arguments."""
+    module = COMMANDS[command][0]
+    if command == "evaluate":  # `tidal evaluate prequential ...`: one kind of evaluation so far
+        if not argv or argv[0] != "prequential":
+            print("usage: tidal evaluate prequential --interactions PATH [--items PATH] --out DIR", file=sys.stderr)
+            return 2
+        argv = argv[1:]
+    return importlib.import_module(module).main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,18 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "cycle":
-        return cycle_main(rest)
-    if command == "evaluate":
-        if not rest or rest[0] != "prequential":
-            print("usage: tidal evaluate prequential --interactions PATH [--items PATH] --out DIR", file=sys.stderr)
-            return 2
-        return importlib.import_module("jobs.prequential").main(rest[1:])
-    if command not in STEP_COMMANDS:
-        print(f"tidal: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+    if argv[0] not in COMMANDS:
+        print(f"tidal: unknown command '{argv[0]}'\n\n{USAGE}", file=sys.stderr)
         return 2
-    return importlib.import_module(STEP_COMMANDS[command][0]).main(rest)
+    return run_command(argv[0], argv[1:])
 
 
 if __name__ == "__main__":

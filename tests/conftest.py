@@ -62,7 +62,7 @@ def tidal_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def spark():
-    from jobs.spark import spark_session
+    from tidal.spark import spark_session
 
     return spark_session("local[1]", shuffle_partitions=1, app_name="tidal-tests")
 

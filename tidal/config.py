@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS_PATH = REPO_ROOT / "params.yaml"
@@ -75,7 +76,7 @@ class FeaturesParams(_Section):
 class ValidateParams(_Section):
     max_bad_row_share: float = Field(0.2, ge=0, le=1)
     suite: str = "features.examples"
-    raw_suite: str = "events.raw"
+    events_suite: str = "events.raw"
     row_count_bounds: tuple[float, float] = Field((0.1, 10.0), description="x median accepted rows of recent batches")
 
 
@@ -139,7 +140,7 @@ class Params(_Section):
     features: FeaturesParams = FeaturesParams()
     validation: ValidateParams = ValidateParams()
     drift: DriftParams = DriftParams()
-    # The model's hyperparameters, by the names of models.recommender.TrainConfig; jobs.finetune turns them into
+    # The model's hyperparameters, by the names of models.recommender.TrainConfig; jobs.training.finetune turns them into
     # a TrainConfig, which refuses unknown names (config sits below models and does not import it).
     train: dict[str, int | float | None] = {}
     finetune: FinetuneParams = FinetuneParams()

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from tidal.config import Settings
 from tidal.storage import StorageLayout
 
 # The stream's pathGlobFilter (*.{jsonl,parquet}); Spark's file listing skips names starting with '.' or '_'.
@@ -84,3 +85,8 @@ def log_landing_work(work: dict) -> dict:
         log.info("%d new landing file(s) %s%s", work["pending_files"], work["pending_names"],
                  f"; batch {work['replay_batch']} to replay" if work["replay_batch"] is not None else "")
     return work
+
+
+def check_landing(settings: Settings) -> dict:
+    """The incremental pipeline's guard: the landing work, logged; {"idle": True, ...} when there is none."""
+    return log_landing_work(landing_work(StorageLayout(settings.home)))

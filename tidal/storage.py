@@ -1,6 +1,6 @@
 """The storage layout under one root (TIDAL_HOME), and the small atomic-write helpers every step uses.
 
-Layout (see DESIGN.md): landing/events, bronze/events, quarantine/events, features/examples, features/state,
+Layout (docs/design.md): landing/events, bronze/events, quarantine/events, features/examples, features/state,
 checkpoints/stream, registry, reports. Writers put a file next to its destination and `os.replace` it, so a
 reader sees the old content or the new one, never half of either.
 """
@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -74,18 +74,30 @@ def safe_name(run_id: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def partition_value(folder: Path) -> int:
+    """The number in a Hive-style partition folder name: `batch_id=12` -> 12."""
+    return int(folder.name.split("=", 1)[1])
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """The one atomic write: `write(tmp)` fills a temp file next to `path`, which is fsynced and then replaces
+    `path`, so a reader (or a crash) sees the old file or the new one, never half of either."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(payload))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -37,8 +37,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="tidal-compaction-")) / "home"
     os.environ["TIDAL_HOME"] = str(home)
 
-    from jobs.features import run_features
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
+    from jobs.features.stream import run_features
     from tidal.config import load_settings
     from tidal.storage import StorageLayout
 

@@ -24,7 +24,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="tidal-bench-")) / "home"
     os.environ["TIDAL_HOME"] = str(home)
 
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
     from tidal.config import load_settings
     from tidal.storage import StorageLayout
 
@@ -35,7 +35,8 @@ def main() -> None:
     generate_stream(layout, settings.params.generate, seed=1, files=files, event_types=settings.params.base.event_types)
 
     started = time.monotonic()
-    from jobs.features import run_features, spark_for
+    from jobs.features.stream import run_features
+    from tidal.spark import spark_for
 
     spark_for(settings).range(1).count()  # JVM up and one trivial job: what every cycle pays before any work
     spark_start = time.monotonic() - started

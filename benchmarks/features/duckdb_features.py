@@ -1,13 +1,13 @@
 """duckdb_features: one features micro-batch, from empty state, in a single DuckDB process.
 
 The single-process baseline of the features throughput benchmark (`throughput.py`): it does the work one
-micro-batch of `jobs.features.process_micro_batch` does when the feature state is empty, on the same landing
+micro-batch of `jobs.features.stream.process_micro_batch` does when the feature state is empty, on the same landing
 files, and writes the same outputs under its own root (StorageLayout paths):
 
 - landing JSON Lines -> one row per non-blank line (or one row per empty file), numbered as Spark numbers them;
 - the event contract with the same quarantine reasons and the same order of checks as `classify_events`;
 - dedupe by event_id, first delivered copy wins (file name, then line number);
-- the robust-z outlier rule of `jobs.feature_state.flag_outliers` (users, then the items they drove);
+- the robust-z outlier rule of `jobs.features.state.flag_outliers` (users, then the items they drove);
 - training examples with the columns and values of the Spark job: `training_examples`, decayed user / item
   counts and recency, the user's event-type shares, the sliding-window item popularity and the item content
   features when landing/items/items.csv exists;
@@ -56,7 +56,7 @@ from typing import Any
 
 import duckdb
 
-from jobs.features import REQUIRED_STRING_FIELDS, EventRules
+from jobs.features.transforms import REQUIRED_STRING_FIELDS, EventRules
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout, atomic_write_json
 
@@ -113,7 +113,7 @@ def blank_sql(text: str) -> str:
 def file_uri(path: Path) -> str:
     """The name the Spark job gives a landing file's records, so source_file and the delivery order match: its file
     source says file:/abs/path (Hadoop's Path, not percent-encoded), and so does the job's ledger of zero-byte
-    files, which never reach the stream (jobs.features.claim_zero_byte_files)."""
+    files, which never reach the stream (jobs.features.stream.claim_zero_byte_files)."""
     return f"file:{path.resolve()}"
 
 
@@ -129,7 +129,7 @@ def landing_texts_sql(paths: list[Path]) -> str:
 
 
 def landing_lines_sql(texts_table: str) -> str:
-    """(source_file, text) -> source_file, line_number, line, file_reason, as `jobs.features.landing_lines`:
+    """(source_file, text) -> source_file, line_number, line, file_reason, as `jobs.features.transforms.landing_lines`:
     split on \\r?\\n, number every line from 1, keep the non-blank ones; a blank file gives one row (line 0, NULL
     line, 'empty_file')."""
     return f"""
@@ -216,7 +216,7 @@ def spark_only_timestamp_sql(text: str) -> str:
 
 def classify_events_sql(parsed_table: str, rules: EventRules) -> str:
     """Parsed lines -> typed event columns (event_us = microseconds since the epoch) and `quarantine_reason`
-    (NULL for an accepted event, else the first rule broken, in the order of `jobs.features.classify_events`)."""
+    (NULL for an accepted event, else the first rule broken, in the order of `jobs.features.transforms.classify_events`)."""
     idx = {f: i + 1 for i, f in enumerate(CONTRACT_FIELDS)}
     number_types = ", ".join(sql_string(t) for t in JSON_NUMBER_TYPES)
     numeric = {f: f"(_t_{f} IN ({number_types}))" for f in ("value", "event_time")}
@@ -289,7 +289,7 @@ def dedupe_sql(classified_table: str) -> str:
 
 def flagged_users_sql(accepted_table: str, z_threshold: float, min_events: int) -> str:
     """Robust z of log1p(events per user): 0.6745 (x - median) / MAD, or (x - median) / (1.253314 meanAD) when MAD is
-    0, else 0 (`jobs.feature_state.robust_z`). quantile_disc(., 0.5) is the element at rank ceil(n/2): Spark's
+    0, else 0 (`jobs.features.state.robust_z`). quantile_disc(., 0.5) is the element at rank ceil(n/2): Spark's
     percentile_approx while exact."""
     return f"""
     WITH users AS (SELECT user_id, count(*) AS events, ln(1 + count(*)) AS x FROM {accepted_table} GROUP BY user_id),
@@ -315,7 +315,7 @@ def flagged_items_sql(accepted_table: str, users_table: str, min_events: int) ->
 
 def entity_state_sql(training_table: str, half_life_s: float) -> str:
     """The state snapshot an empty state plus this batch gives (`update_entity_state`): per key (user, item, user x
-    event type, joined with U+0001 as in jobs.feature_state.SEP) the newest event time and the decayed count at it,
+    event type, joined with U+0001 as in jobs.features.state.SEP) the newest event time and the decayed count at it,
     sum of 2^(-(last - t) / half_life)."""
     rate = LN2 / half_life_s
     return f"""
@@ -419,7 +419,7 @@ def training_events_sql(accepted_table: str, users_table: str, items_table: str,
 
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    # Every timestamp is UTC, as Spark's session time zone is in jobs.spark.
+    # Every timestamp is UTC, as Spark's session time zone is in tidal.spark.
     con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")

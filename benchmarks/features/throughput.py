@@ -4,7 +4,7 @@ of the same micro-batch (`duckdb_features.py`), side by side on the same generat
 Not a test. Run (from the repo root):
     PYTHONPATH=. .venv/bin/python benchmarks/features/throughput.py --events 1000000 5000000
 
-It generates the largest size once with `jobs.generate` (files are a pure function of their index, so the first
+It generates the largest size once with `devtools.generate` (files are a pure function of their index, so the first
 k files of the largest stream are the smaller sizes' input: they are hard-linked, not regenerated), then for each
 size, each in a fresh process so neither engine inherits the other's memory or JIT warm-up:
   1. Spark: session start (JVM + one trivial job) timed apart from the work, then one `run_features` pass over all
@@ -74,9 +74,9 @@ class LoadSampler:
 def spark_pass(home: Path, overrides: dict[str, Any], now_epoch_s: float) -> dict[str, Any]:
     """Spark session start, then one run_features pass over everything under home/landing."""
     os.environ["TIDAL_HOME"] = str(home)
-    from jobs.features import run_features
-    from jobs.spark import spark_session
+    from jobs.features.stream import run_features
     from tidal.config import load_settings
+    from tidal.spark import spark_session
 
     settings = load_settings(overrides=overrides)
     fp = settings.params.features
@@ -90,7 +90,7 @@ def spark_pass(home: Path, overrides: dict[str, Any], now_epoch_s: float) -> dic
     work_s = time.monotonic() - started
     jvm_pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
     # work_s is the whole run_features call; stream_s stops before the bronze compaction it runs afterwards (which
-    # the DuckDB batch does not do; it only acts once a date has many files, see jobs.compact).
+    # the DuckDB batch does not do; it only acts once a date has many files, see jobs.features.compact).
     return {"start_s": start_s, "work_s": work_s, "stream_s": summary["seconds"], "batches": len(summary["batch_ids"]),
             "compacted_dates": len(summary.get("compaction", {}).get("compacted", [])),
             "peak_rss_mib": peak_rss_mib(f"/proc/{jvm_pid}/status"), **{k: summary[k] for k in COUNT_KEYS}}
@@ -101,7 +101,8 @@ def duckdb_pass(home: Path, out: Path, overrides: dict[str, Any], now_epoch_s: f
     """The DuckDB batch over the same landing files, outputs under `out`."""
     os.environ["TIDAL_HOME"] = str(home)
     sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks.features.duckdb_features import batch_params, connect, run_batch
+    from benchmarks.features.duckdb_features import (batch_params, connect,
+                                                     run_batch)
     from tidal.config import load_settings
     from tidal.storage import StorageLayout
 
@@ -144,9 +145,9 @@ def run_in_child(kind: str, payload: dict[str, Any], timeout_s: float, log: Path
 # ---- input ---------------------------------------------------------------------------------------------------
 
 def generate_landing(home: Path, events: int, events_per_file: int, seed: int) -> dict[str, Any]:
-    """The largest size's landing files (jobs.generate, the demo's synthetic stream) under home/landing."""
+    """The largest size's landing files (devtools.generate, the demo's synthetic stream) under home/landing."""
     os.environ["TIDAL_HOME"] = str(home)
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
     from tidal.config import load_settings
     from tidal.storage import StorageLayout
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.features import duckdb_features as ddb
-from jobs.features import EventRules
+from jobs.features.transforms import EventRules
 
 # The batch clock both runs judge future timestamps by: 2026-11-03T00:00:00Z (the stream starts 2026-11-01).
 NOW = datetime(2026, 11, 3, tzinfo=timezone.utc).timestamp()
@@ -69,8 +69,8 @@ def hand_written_lines(first_generated_id: str) -> list[str]:
 def both_runs(spark, tmp_path_factory):
     """The Spark job and the DuckDB baseline over one landing zone: generated files, a hand-written file, a
     zero-byte file, a blank file and a file with one line that is not UTF-8."""
-    from jobs.features import run_features
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
+    from jobs.features.stream import run_features
     from tests.conftest import write_params
     from tidal.config import load_settings
     from tidal.storage import StorageLayout
@@ -202,7 +202,7 @@ CONTRACT_LINES = [
 def test_contract_reasons_and_values_match_spark_line_by_line(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from jobs.features import classify_events, landing_lines
+    from jobs.features.transforms import classify_events, landing_lines
 
     rules = EventRules(event_types=("view", "click", "add_to_cart", "purchase", "rating"), max_id_length=16,
                        max_future_skew_s=300, now_epoch_s=NOW)

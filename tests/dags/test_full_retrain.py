@@ -58,9 +58,9 @@ def test_schedules_and_who_may_start_each_dag(dagbag):
 
 def test_unpausing_the_scheduled_retrain_waits_for_the_next_slot(dagbag):
     """Unpausing must not start the most recent missed weekly run at once (a start_date made it do that)."""
+    from airflow.sdk import timezone
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import TimeRestriction
-    from airflow.sdk import timezone
 
     dag = dagbag.get_dag("tidal_scheduled_retrain")
     assert dag.start_date is None
@@ -109,7 +109,7 @@ REASONS = ["weekly reset by hand", "", "   ", "../x", "fix..", "~root", "  ~x", 
 
 @pytest.mark.parametrize("reason", REASONS, ids=[f"r{i}" for i in range(len(REASONS))])
 def test_the_form_and_the_first_task_accept_and_refuse_the_same_reasons(dagbag, tidal_env, reason):
-    from jobs.retrain import check_request
+    from jobs.training.request import check_request
     from tidal.config import ConfigError
 
     settings = tidal_env()
@@ -141,7 +141,7 @@ def test_a_run_without_a_reason_is_never_created(dagbag, tidal_env):
 @pytest.mark.slow
 @pytest.mark.stack
 def test_full_retrain_through_the_dag_becomes_the_anchor_of_the_next_incremental(dagbag, tidal_env, s3_env):
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
     from tidal.registry import REFERENCE_FILE, Registry
     from tidal.storage import StorageLayout
 
@@ -156,7 +156,7 @@ def test_full_retrain_through_the_dag_becomes_the_anchor_of_the_next_incremental
     assert registry.production().version == "v000001"
 
     # New events reach the feature store (batch 1) but no incremental run has trained on them yet.
-    from jobs.features import run_features
+    from jobs.features.stream import run_features
 
     generate_stream(layout, settings.params.generate, files=1, **gen)
     pending_batches = run_features(settings)["batch_ids"]

@@ -57,7 +57,7 @@ def summaries(settings, run_id: str) -> dict:
 
 def dvc_pull_into_fresh_project(tmp: Path, dvc_file: Path, settings) -> Path:
     """A second DVC project that shares nothing with TIDAL_HOME but the remote: what it pulls came from S3."""
-    from jobs.version import dvc, ensure_dvc_project
+    from jobs.release.dvc import dvc, ensure_dvc_project
 
     tmp.mkdir()
     ensure_dvc_project(tmp, settings)
@@ -67,7 +67,7 @@ def dvc_pull_into_fresh_project(tmp: Path, dvc_file: Path, settings) -> Path:
 
 
 def test_two_cycles_fine_tune_from_the_first_and_round_trip_through_s3(tidal_env, s3_env, airflow_db, tmp_path):
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
     from tidal.registry import Registry
     from tidal.storage import StorageLayout
 

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from jobs.cycle import STEP_ORDER
 from tests.conftest import REPO_ROOT
+from tidal.pipelines import INCREMENTAL
+
+STEP_ORDER = INCREMENTAL.step_names
 
 
 def tidal(*args: str) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.retrain import check_request
+from jobs.training.request import check_request
 from tidal.config import ConfigError
 
 
@@ -46,7 +46,7 @@ def sdk_run_type(value: str):
 
 
 def test_scheduled_and_asset_runs_become_valid_requests_with_their_own_reason(tidal_env):
-    from jobs.retrain import request_for_run
+    from jobs.training.request import request_for_run
 
     settings = tidal_env({"retrain": {"history_days": 30}})
     assert str(sdk_run_type("scheduled")) == "DagRunType.SCHEDULED"  # why a substring test on str() never matched
@@ -65,7 +65,7 @@ def test_scheduled_and_asset_runs_become_valid_requests_with_their_own_reason(ti
 
 
 def test_a_manual_run_takes_the_forms_values_and_the_scheduled_dag_refuses_one(tidal_env):
-    from jobs.retrain import request_for_run
+    from jobs.training.request import request_for_run
 
     settings = tidal_env()
     form = {"reason": "new item catalogue", "history_days": 7, "epochs": 3, "promote": "register"}
@@ -78,7 +78,7 @@ def test_a_manual_run_takes_the_forms_values_and_the_scheduled_dag_refuses_one(t
 
 
 def test_a_rejected_retrain_says_why_and_what_to_do():
-    from jobs.retrain import rejection_message
+    from jobs.training.request import rejection_message
 
     assert rejection_message({"promoted": True, "version": "v000004"}) is None
     assert rejection_message({"promoted": False, "registered": True, "version": "v000004"}) is None
@@ -91,12 +91,13 @@ def test_a_rejected_retrain_says_why_and_what_to_do():
 @pytest.mark.slow
 @pytest.mark.stack
 def test_window_register_only_and_a_stale_incremental_waiting_behind_a_retrain(tidal_env, spark, s3_env):
-    from jobs.features import run_features
-    from jobs.finetune import run_finetune
-    from jobs.gate import run_gate
-    from jobs.generate import generate_stream
-    from jobs.promote import run_promote
-    from jobs.retrain import build_training_set, run_retrain
+    from devtools.generate import generate_stream
+    from jobs.features.stream import run_features
+    from jobs.release.gate import run_gate
+    from jobs.release.promote import run_promote
+    from jobs.retrain import run_retrain
+    from jobs.training.build import build_training_set
+    from jobs.training.finetune import run_finetune
     from tidal.registry import Registry
     from tidal.storage import StorageLayout
 
@@ -170,13 +171,12 @@ def test_dvc_repro_reproduces_the_retrain_and_metrics_diff_compares_runs(spark, 
     import os
     import shutil
     import sys
-
     from pathlib import Path
 
     import yaml
 
-    from jobs.features import run_features
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
+    from jobs.features.stream import run_features
     from tests.conftest import REPO_ROOT, write_params
     from tidal.storage import StorageLayout
 

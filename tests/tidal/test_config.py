@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tidal.config import DEFAULT_PARAMS_PATH, REPO_ROOT, ConfigError, Params, load_params, load_settings
+from tidal.config import (DEFAULT_PARAMS_PATH, REPO_ROOT, ConfigError, Params,
+                          load_params, load_settings)
 
 
 @pytest.fixture
@@ -110,14 +111,14 @@ def test_settings_are_frozen(clean_env):
 
 
 def test_train_config_refuses_an_unknown_train_key(tidal_env):
-    from jobs.finetune import train_config
+    from jobs.training.finetune import train_config
 
     with pytest.raises(ConfigError, match="embedding_size"):
         train_config(tidal_env({"train": {"embedding_size": 32}}))
 
 
 def test_train_config_takes_train_values_and_the_base_seed(tidal_env):
-    from jobs.finetune import train_config
+    from jobs.training.finetune import train_config
 
     cfg = train_config(tidal_env({"train": {"dim": 24, "finetune_lr": None}, "base": {"seed": 5}}))
     assert cfg.dim == 24 and cfg.seed == 5 and cfg.finetune_lr is None

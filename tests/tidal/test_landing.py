@@ -17,8 +17,8 @@ def test_an_empty_home_is_idle(tidal_env):
 
 @pytest.mark.slow
 def test_pending_files_follow_the_streams_own_checkpoint(tidal_env):
-    from jobs.features import run_features
-    from jobs.generate import generate_stream
+    from devtools.generate import generate_stream
+    from jobs.features.stream import run_features
 
     settings = tidal_env()
     layout = StorageLayout(settings.home).ensure()

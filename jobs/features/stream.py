@@ -1,0 +1,330 @@
+"""features: Spark Structured Streaming over landing/events -> bronze, training examples, quarantine.
+
+The stream reads whole landing files (binaryFile source, explicit schema, `trigger(availableNow=True)`) so that an
+empty file or bytes that are not UTF-8 are seen and quarantined rather than silently skipped. Each micro-batch is
+processed by `process_micro_batch`, which is idempotent per batch id: bronze, examples and quarantine are
+overwritten for that batch id, and the batch's manifest is written last, so a replayed batch after a crash
+replaces its own output instead of appending to it. The Spark checkpoint under checkpoints/stream/ records which
+files were consumed, so a second run reads only new files.
+
+The transforms are pure DataFrame -> DataFrame functions in jobs/features/transforms.py; the feature state in
+jobs/features/state.py; the batch manifests and clocks in tidal/manifests.py.
+
+Run: `tidal features` (or `python -m jobs.features.stream`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from jobs.features.compact import compact_bronze
+from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA,
+                                 entity_features, flag_outliers,
+                                 item_content_features, item_window_popularity,
+                                 prune_item_buckets, update_entity_state,
+                                 update_item_buckets)
+from jobs.features.transforms import (EventRules, classify_events,
+                                      dedupe_with_watermark, landing_lines,
+                                      parquet_lines, training_examples)
+from tidal.config import Settings, load_settings
+from tidal.manifests import (batch_clock, batch_manifest_path,
+                             latest_manifest_before, read_batch_manifests,
+                             summarize_batches)
+from tidal.spark import spark_for
+from tidal.storage import (StorageLayout, atomic_write_json, partition_value,
+                           read_json, write_step_summary)
+
+
+@dataclass(frozen=True)
+class DedupeState:
+    """What the previous batch left for deduplication: the ids still above its watermark, and the watermark."""
+
+    seen: Any                    # DataFrame (event_id, event_time)
+    max_seen: datetime | None    # the newest accepted event time of all earlier batches
+    watermark: datetime | None   # max_seen - features.allowed_lateness_s: older events are "late"
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """The counts of one classified batch, from one pass over the cached frame."""
+
+    rows: list                   # one Row per (status, quarantine_reason): n, lo, hi, hi_s, files
+    accepted: Any                # the accepted row of `rows`, or None
+    new_max: datetime | None     # the newest accepted event time including this batch
+    new_watermark: datetime | None
+
+
+def snapshot_dirs(layout: StorageLayout) -> dict[str, Path]:
+    """The per-batch state snapshots: dedupe ids, entity state, item popularity buckets."""
+    return {"event_ids": layout.feature_state / "event_ids", "entities": layout.feature_state / "entities",
+            "item_buckets": layout.feature_state / "item_buckets"}
+
+
+def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, settings: Settings,
+                        now_epoch_s: float) -> dict[str, Any]:
+    """Everything one micro-batch does, in order. Idempotent per batch id; the manifest is written last."""
+    from pyspark.sql import functions as F
+
+    params = settings.params
+    lines = batch_lines(spark, files_df, claim_zero_byte_files(layout, batch_id))
+    parsed = classify_events(lines, event_rules(settings, now_epoch_s)).withColumn("batch_id", F.lit(batch_id))
+    dedupe = dedupe_state_before(spark, layout, batch_id, params.features.allowed_lateness_s)
+    # One status per landed record; everything below is a filter on this one cached frame.
+    classified = dedupe_with_watermark(parsed, dedupe.seen, dedupe.watermark).persist()
+    stats = batch_stats(classified, dedupe.max_seen, params.features.allowed_lateness_s)
+    accepted = classified.filter(F.col("status") == "accepted")
+    write_bronze(accepted, batch_id, layout)
+    training, outlier_users, outlier_items = without_outliers(accepted, settings)
+    write_state_and_examples(spark, training, batch_id, layout, settings)
+    write_quarantine(classified, batch_id, layout)
+    write_dedupe_state(dedupe.seen, accepted, stats.new_watermark, snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}")
+    classified.unpersist()
+    manifest = batch_manifest(batch_id, layout, stats, dedupe.watermark, outlier_users, outlier_items)
+    atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
+    prune_snapshots(layout, batch_id)
+    return manifest
+
+
+def event_rules(settings: Settings, now_epoch_s: float) -> EventRules:
+    base = settings.params.base
+    return EventRules(event_types=base.event_types, max_id_length=base.max_id_length,
+                      max_future_skew_s=base.max_future_skew_s, now_epoch_s=now_epoch_s)
+
+
+def batch_lines(spark, files_df, zero_byte_files: list[str]):
+    """The batch's landing files as lines: JSON Lines files split, Parquet files read, empty files as one row each."""
+    from pyspark.sql import functions as F
+
+    is_parquet = F.lower(F.col("path")).endswith(".parquet")
+    parquet_paths = sorted(r.path for r in files_df.filter(is_parquet).select("path").collect())
+    lines = landing_lines(files_df.filter(~is_parquet))
+    if parquet_paths:
+        lines = lines.unionByName(parquet_lines(spark, parquet_paths))
+    if zero_byte_files:
+        lines = lines.unionByName(spark.createDataFrame(
+            [(path, 0, None, "empty_file") for path in zero_byte_files],
+            "source_file string, line_number int, line string, file_reason string"))
+    return lines
+
+
+def dedupe_state_before(spark, layout: StorageLayout, batch_id: int, lateness_s: int) -> DedupeState:
+    """Late events and duplicates are judged against the bounded state the previous batch left."""
+    previous = latest_manifest_before(layout, batch_id)
+    max_seen = datetime.fromisoformat(previous["max_event_time"]) if previous and previous.get("max_event_time") else None
+    snapshot = latest_snapshot_before(snapshot_dirs(layout)["event_ids"], batch_id)
+    seen = (spark.read.parquet(str(snapshot)) if snapshot else
+            spark.createDataFrame([], "event_id string, event_time timestamp"))
+    return DedupeState(seen, max_seen, max_seen - timedelta(seconds=lateness_s) if max_seen else None)
+
+
+def batch_stats(classified, max_seen: datetime | None, lateness_s: int) -> BatchStats:
+    from pyspark.sql import functions as F
+
+    # Times only over accepted rows: a quarantined one can be any timestamp (year 10000 was found by fuzzing), which
+    # Python's datetime cannot hold, and one such record must not stop the batch.
+    accepted_time = F.when(F.col("status") == "accepted", F.col("event_time"))
+    rows = classified.groupBy("status", "quarantine_reason").agg(
+        F.count("*").alias("n"), F.min(accepted_time).alias("lo"), F.max(accepted_time).alias("hi"),
+        F.max(accepted_time.cast("double")).alias("hi_s"), F.collect_set("source_file").alias("files")).collect()
+    accepted = next((r for r in rows if r["status"] == "accepted"), None)
+    # Epoch seconds, not the collected datetime: that one is naive, in the Python process's local zone.
+    batch_max = datetime.fromtimestamp(accepted["hi_s"], tz=timezone.utc) if accepted else None
+    new_max = max([t for t in (max_seen, batch_max) if t is not None], default=None)
+    return BatchStats(rows, accepted, new_max, new_max - timedelta(seconds=lateness_s) if new_max else None)
+
+
+def write_bronze(accepted, batch_id: int, layout: StorageLayout) -> None:
+    from pyspark.sql import functions as F
+
+    # batch_id (a folder) is the unit a replay overwrites; ingest_batch_id (a column) is the batch that accepted the
+    # row, and survives compaction, which merges a closed date's batch folders into one (jobs.features.compact).
+    bronze = accepted.select("event_id", "user_id", "item_id", "event_type", "value", "event_time", "context",
+                             "source_file", F.lit(batch_id).cast("int").alias("ingest_batch_id"), "batch_id",
+                             F.to_date("event_time").alias("event_date"))
+    bronze.write.mode("overwrite").partitionBy("event_date", "batch_id").parquet(str(layout.bronze_events))
+
+
+def without_outliers(accepted, settings: Settings) -> tuple[Any, list[str], list[str]]:
+    """Outliers (bots, scrapers) stay in bronze but leave the training examples and the entity state."""
+    from pyspark.sql import functions as F
+
+    fp = settings.params.features
+    outlier_users_df, outlier_items_df = flag_outliers(accepted, fp.outlier_z, fp.outlier_min_events)
+    outlier_users = sorted(r.user_id for r in outlier_users_df.collect())
+    outlier_items = sorted(r.item_id for r in outlier_items_df.collect())
+    training = accepted.filter(~F.col("user_id").isin(outlier_users) & ~F.col("item_id").isin(outlier_items))
+    return training, outlier_users, outlier_items
+
+
+def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayout, settings: Settings) -> None:
+    """Entity state and item popularity buckets (the previous snapshot + this batch -> this batch's snapshot, never
+    all history), then the training examples with the features they give."""
+    fp, dirs = settings.params.features, snapshot_dirs(layout)
+    previous_state = latest_snapshot_before(dirs["entities"], batch_id)
+    state = update_entity_state(spark.read.parquet(str(previous_state)) if previous_state else
+                                spark.createDataFrame([], ENTITY_STATE_SCHEMA), training, fp.half_life_s)
+    state.write.mode("overwrite").parquet(str(dirs["entities"] / f"batch_id={batch_id}"))
+    # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way.
+    previous_buckets = latest_snapshot_before(dirs["item_buckets"], batch_id)
+    buckets = update_item_buckets(spark.read.parquet(str(previous_buckets)) if previous_buckets else
+                                  spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA), training,
+                                  fp.popularity_bucket_s)
+    prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
+        .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
+    examples = entity_features(training_examples(training, fp.event_type_weights),
+                               spark.read.parquet(str(dirs["entities"] / f"batch_id={batch_id}")), fp.half_life_s,
+                               settings.params.base.event_types)
+    # The merged, unpruned state: an accepted event older than the pruning horizon still gets its full windows.
+    examples = item_window_popularity(examples, buckets, fp.popularity_bucket_s, fp.popularity_windows_s)
+    items_csv = layout.landing_items / "items.csv"
+    if items_csv.exists():
+        examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))
+    examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
+
+
+def write_quarantine(classified, batch_id: int, layout: StorageLayout) -> None:
+    from pyspark.sql import functions as F
+
+    quarantined = classified.filter(F.col("status") == "quarantined").select(
+        "batch_id", "source_file", "line_number", "quarantine_reason", F.col("line").alias("raw_record"))
+    quarantined.write.mode("overwrite").parquet(str(layout.quarantine_events / f"batch_id={batch_id}"))
+
+
+def write_dedupe_state(seen, accepted, new_watermark: datetime | None, path: Path) -> None:
+    """The next batch's dedupe state: the ids still above the new watermark, so the state stays bounded by the
+    allowed lateness rather than growing with history."""
+    from pyspark.sql import functions as F
+
+    state = seen.unionByName(accepted.select("event_id", "event_time"))
+    if new_watermark is not None:
+        state = state.filter(F.col("event_time") >= F.lit(new_watermark.timestamp()).cast("timestamp"))
+    state.write.mode("overwrite").parquet(str(path))
+
+
+def batch_manifest(batch_id: int, layout: StorageLayout, stats: BatchStats, watermark: datetime | None,
+                   outlier_users: list[str], outlier_items: list[str]) -> dict[str, Any]:
+    count = {status: sum(r["n"] for r in stats.rows if r["status"] == status)
+             for status in ("accepted", "quarantined", "duplicate")}
+    reasons = {r["quarantine_reason"]: r["n"] for r in stats.rows if r["status"] == "quarantined"}
+    return {
+        "batch_id": batch_id,
+        "files": sorted({f for r in stats.rows for f in r["files"]}),
+        "landed": sum(count.values()),
+        "accepted": count["accepted"],
+        "quarantined": count["quarantined"],
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "duplicates": count["duplicate"],
+        "event_time_min": stats.accepted["lo"].isoformat() if stats.accepted else None,
+        "event_time_max": stats.accepted["hi"].isoformat() if stats.accepted else None,
+        "examples_path": str(layout.examples_batch(batch_id)),
+        "outlier_users": outlier_users,
+        "outlier_items": outlier_items,
+        "outlier_events_excluded": count["accepted"] - examples_count(layout, batch_id),
+        "max_event_time": stats.new_max.isoformat() if stats.new_max else None,
+        "watermark": watermark.isoformat() if watermark else None,
+    }
+
+
+def prune_snapshots(layout: StorageLayout, batch_id: int) -> None:
+    """A replay of this batch reads the snapshot before it, so only snapshots older than that one can go."""
+    for folder in snapshot_dirs(layout).values():
+        for old_snapshot in folder.glob("batch_id=*"):
+            if partition_value(old_snapshot) < batch_id - 1:
+                shutil.rmtree(old_snapshot, ignore_errors=True)
+
+
+def examples_count(layout: StorageLayout, batch_id: int) -> int:
+    """Rows in a written examples batch, from the Parquet footers (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in layout.examples_batch(batch_id).glob("*.parquet"))
+
+
+def latest_snapshot_before(seen_dir: Path, batch_id: int) -> Path | None:
+    """The dedupe state the latest complete earlier batch left (each batch writes a full snapshot)."""
+    done = [p for p in seen_dir.glob("batch_id=*")
+            if partition_value(p) < batch_id and (p / "_SUCCESS").exists()] if seen_dir.exists() else []
+    return max(done, key=partition_value) if done else None
+
+
+def claim_zero_byte_files(layout: StorageLayout, batch_id: int) -> list[str]:
+    """Zero-byte files never reach the stream (Spark's file listing skips them), so each micro-batch claims the
+    unclaimed ones it finds in a ledger under features/state/, and quarantines them as empty_file. A replayed batch
+    claims the same files again, so each is counted exactly once."""
+    ledger_dir = layout.feature_state / "empty_files"
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    claimed = {}
+    for entry in ledger_dir.glob("*.json"):
+        record = read_json(entry)
+        claimed[record["path"]] = record["batch_id"]
+    mine = []
+    for path in sorted(layout.landing_events.glob("*.jsonl")):
+        # Spelled as the stream spells its paths (file:/a b/x.jsonl, not percent-encoded), so a file has one key.
+        uri = f"file:{path.resolve()}"
+        if path.stat().st_size == 0 and claimed.get(uri, batch_id) == batch_id:
+            if uri not in claimed:
+                atomic_write_json(ledger_dir / f"{hashlib.sha1(uri.encode()).hexdigest()}.json",
+                                  {"path": uri, "batch_id": batch_id})
+            mine.append(uri)
+    return mine
+
+
+def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_s: float | None = None) -> dict[str, Any]:
+    """Process every landing file not yet consumed; return the summary of the micro-batches this run made."""
+    from pyspark.sql.types import (BinaryType, LongType, StringType,
+                                   StructField, StructType, TimestampType)
+
+    started = time.monotonic()
+    layout = StorageLayout(settings.home).ensure()
+    now = time.time() if now_epoch_s is None else now_epoch_s
+    spark = spark_for(settings)
+    # binaryFile's fixed schema, stated explicitly (a streaming file source needs one).
+    schema = StructType([StructField("path", StringType()), StructField("modificationTime", TimestampType()),
+                         StructField("length", LongType()), StructField("content", BinaryType())])
+    stream = (
+        spark.readStream.format("binaryFile").schema(schema)
+        .option("pathGlobFilter", "*.{jsonl,parquet}")
+        .option("maxFilesPerTrigger", settings.params.features.max_files_per_trigger)
+        .load(str(layout.landing_events))
+    )
+    batch_ids: list[int] = []
+
+    def on_batch(files_df, batch_id: int) -> None:
+        manifest = process_micro_batch(spark, files_df, batch_id, layout, settings, batch_clock(layout, batch_id, now))
+        batch_ids.append(batch_id)
+        print(f"[features] batch {batch_id}: {manifest['landed']} landed, {manifest['accepted']} accepted, "
+              f"{manifest['quarantined']} quarantined, {manifest['duplicates']} duplicates", flush=True)
+
+    query = (stream.writeStream.foreachBatch(on_batch)
+             .option("checkpointLocation", str(layout.stream_checkpoint))
+             .trigger(availableNow=True).start())
+    query.awaitTermination()
+    summary = summarize_batches(read_batch_manifests(layout, batch_ids), time.monotonic() - started)
+    # After the stream has stopped: this job is bronze's only writer, so no batch can write a date being compacted.
+    summary["compaction"] = compact_bronze(spark, settings)
+    if reports_dir is not None:
+        write_step_summary(reports_dir, "features", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidal features", description="Process new landing files into features.")
+    parser.add_argument("--run-id", default=None, help="report folder name (default: a timestamp)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    run_id = args.run_id or datetime.now(timezone.utc).strftime("manual__%Y%m%dT%H%M%S")
+    summary = run_features(settings, StorageLayout(settings.home).run_reports(run_id))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

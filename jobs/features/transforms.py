@@ -1,0 +1,241 @@
+"""The features job's pure transforms: DataFrame in, DataFrame out, no I/O, tested on local[1] with tiny fixtures.
+
+landing file rows -> lines (`landing_lines`, `parquet_lines`) -> records classified against the event contract
+(`classify_events`) -> deduplicated under the watermark (`dedupe_with_watermark`) -> training examples
+(`training_examples`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+REQUIRED_STRING_FIELDS = ("event_id", "user_id", "item_id", "event_type")
+
+
+EXAMPLE_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "event_time", "timestamp",
+                   "event_weight", "hour_of_day", "user_batch_events", "item_batch_events")
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """The event contract's rules, as parameters of the pure classification function."""
+
+    event_types: tuple[str, ...]
+    max_id_length: int
+    max_future_skew_s: int
+    now_epoch_s: float  # the reference "now" for future timestamps; passed in so tests are deterministic
+
+
+def landing_lines(files_df):
+    """(path, content, length) file rows -> one row per non-blank line, plus one row per empty file.
+
+    Output: source_file, line_number, line (string or null for an empty file), file_reason (null or a reason).
+    """
+    from pyspark.sql import functions as F
+
+    with_text = files_df.select(
+        F.col("path").alias("source_file"),
+        # A plain cast keeps the bytes as they are (decode() would fail the whole batch on one bad byte).
+        F.col("content").cast("string").alias("text"),
+    ).withColumn("file_is_utf8", F.expr("is_valid_utf8(text)"))
+    # Blank means nothing but whitespace (F.trim strips spaces only, not newlines or tabs).
+    is_blank = F.regexp_replace(F.coalesce(F.col("text"), F.lit("")), r"\s+", "") == ""
+    empty_files = with_text.filter(is_blank).select(
+        "source_file", F.lit(0).alias("line_number"), F.lit(None).cast("string").alias("line"),
+        F.lit("empty_file").alias("file_reason"))
+    lines = (
+        with_text.filter(~is_blank)
+        .select("source_file", "file_is_utf8",
+                F.posexplode(F.split(F.col("text"), "\r?\n")).alias("pos", "line"))
+        .filter(F.regexp_replace(F.col("line"), r"\s+", "") != "")
+        # split() goes through Java strings, which turn bytes that are not UTF-8 into U+FFFD: in a file that is
+        # not valid UTF-8, a line holding U+FFFD is where the bad bytes were.
+        .select("source_file", (F.col("pos") + 1).alias("line_number"), "line",
+                F.when(~F.col("file_is_utf8") & F.col("line").contains("\ufffd"), F.lit("invalid_utf8"))
+                .alias("file_reason"))
+    )
+    return lines.unionByName(empty_files)
+
+
+def parquet_schema_problem(schema) -> str | None:
+    """Why a landing Parquet file's schema breaks the event contract, or None. Checked per file, before any row is
+    read: a file whose columns are missing or mistyped is quarantined whole (one record, reason
+    `parquet_wrong_schema`, the problem as its raw record), like an empty file; fix it and land it again."""
+    from pyspark.sql import types as T
+
+    fields = {f.name: f.dataType for f in schema.fields}
+    problems = [f"missing column {name}" for name in (*REQUIRED_STRING_FIELDS, "event_time") if name not in fields]
+    problems += [f"{name} is {fields[name].simpleString()}, not string" for name in REQUIRED_STRING_FIELDS
+                 if name in fields and not isinstance(fields[name], T.StringType)]
+    if "event_time" in fields and not isinstance(fields["event_time"], (T.TimestampType, T.TimestampNTZType,
+                                                                         T.StringType, T.NumericType)):
+        problems.append(f"event_time is {fields['event_time'].simpleString()}, not a timestamp")
+    if "value" in fields and not isinstance(fields["value"], (T.NumericType, T.NullType)):
+        problems.append(f"value is {fields['value'].simpleString()}, not a number")
+    return "; ".join(problems) or None
+
+
+def parquet_lines(spark, paths: list[str]):
+    """Landing Parquet files -> the same line rows as landing_lines: each row becomes one JSON line (so it meets the
+    same contract checks as a JSON Lines record), numbered in file order. A file that cannot be read, or whose schema
+    breaks the contract, becomes one file-level row with its reason."""
+    from pyspark.sql import functions as F
+
+    out_schema = "source_file string, line_number int, line string, file_reason string"
+    frames = []
+    for path in paths:
+        try:
+            df = spark.read.parquet(path)
+            problem = parquet_schema_problem(df.schema)
+        except Exception as err:  # noqa: BLE001 - any read failure is a property of the file, not of the run
+            frames.append(spark.createDataFrame([(path, 0, f"unreadable: {str(err).splitlines()[0][:300]}",
+                                                  "unreadable_parquet")], out_schema))
+            continue
+        if problem:
+            frames.append(spark.createDataFrame([(path, 0, problem, "parquet_wrong_schema")], out_schema))
+            continue
+        rows = df.select(F.to_json(F.struct(*df.columns)).alias("line")).agg(F.collect_list("line").alias("lines"))
+        frames.append(rows.select(F.lit(path).alias("source_file"),
+                                  F.posexplode("lines").alias("pos", "line"))
+                      .select("source_file", (F.col("pos") + 1).cast("int").alias("line_number"), "line",
+                              F.lit(None).cast("string").alias("file_reason")))
+    result = frames[0]
+    for frame in frames[1:]:
+        result = result.unionByName(frame)
+    return result
+
+
+def classify_events(lines_df, rules: EventRules):
+    """Parse each line against the event contract. Adds typed event columns and `quarantine_reason`
+    (null for an accepted event; otherwise the first rule the record broke)."""
+    from pyspark.sql import functions as F
+
+    v = F.expr("try_parse_json(line)")
+    df = lines_df.withColumn("_v", v)
+
+    def field_type(name: str):
+        return F.expr(f"schema_of_variant(variant_get(_v, '$.{name}', 'variant'))")
+
+    def field_string(name: str):
+        return F.expr(f"try_variant_get(_v, '$.{name}', 'string')")
+
+    df = df.select(
+        "*",
+        *[field_type(f).alias(f"_t_{f}") for f in (*REQUIRED_STRING_FIELDS, "value", "event_time", "context")],
+        *[field_string(f).alias(f) for f in REQUIRED_STRING_FIELDS],
+        F.expr("try_variant_get(_v, '$.value', 'double')").alias("value"),
+        F.expr("to_json(variant_get(_v, '$.context', 'variant'))").alias("context"),
+    )
+    # event_time: ISO-8601 string, or a number of unix seconds. A string must start with its year: Spark would read
+    # a bare time ("10:15:00") as today's, so the same record would classify differently on another day's replay.
+    time_text = F.expr("try_variant_get(_v, '$.event_time', 'string')")
+    ts_string = F.when(time_text.rlike(r"^\s*[+-]?[0-9]{4}"), F.try_to_timestamp(time_text))
+    ts_number = F.expr("timestamp_seconds(try_variant_get(_v, '$.event_time', 'double'))")
+    is_number = F.col("_t_event_time").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
+    df = df.withColumn("event_time", F.when(is_number, ts_number).otherwise(ts_string))
+
+    numeric_value = F.col("_t_value").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
+    checks: list[tuple[Any, Any]] = [
+        (F.col("file_reason").isNotNull(), F.col("file_reason")),
+        (F.col("_v").isNull() | has_trailing_content(F.col("line")), F.lit("malformed_json")),
+        (~F.expr("schema_of_variant(_v)").startswith("OBJECT"), F.lit("not_a_json_object")),
+    ]
+    for name in (*REQUIRED_STRING_FIELDS, "event_time"):
+        checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
+    for name in REQUIRED_STRING_FIELDS:
+        checks.append((F.col(f"_t_{name}") != "STRING", F.lit(f"wrong_type_{name}")))
+    checks += [
+        (F.col("_t_value").isNotNull() & (F.col("_t_value") != "VOID") & ~numeric_value, F.lit("wrong_type_value")),
+        (F.col("_t_context").isNotNull() & (F.col("_t_context") != "VOID") & ~F.col("_t_context").startswith("OBJECT"),
+         F.lit("wrong_type_context")),
+    ]
+    for name in REQUIRED_STRING_FIELDS:
+        checks.append((F.trim(F.col(name)) == "", F.lit(f"empty_{name}")))
+        checks.append((F.length(F.col(name)) > rules.max_id_length, F.lit(f"oversized_{name}")))
+    checks += [
+        (~F.col("event_type").isin(list(rules.event_types)), F.lit("unknown_event_type")),
+        (F.col("event_time").isNull(), F.lit("unparseable_event_time")),
+        (F.col("event_time") < F.lit("1970-01-01 00:00:00").cast("timestamp"), F.lit("event_time_before_1970")),
+        (F.unix_timestamp(F.col("event_time")) > F.lit(rules.now_epoch_s + rules.max_future_skew_s),
+         F.lit("future_event_time")),
+    ]
+    reason = F.lit(None).cast("string")
+    for condition, label in reversed(checks):
+        reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
+    return df.withColumn("quarantine_reason", reason).drop("_v", *[c for c in df.columns if c.startswith("_t_")])
+
+
+MAX_NESTING_CHECKED = 8  # object/array depth up to which a line is fully checked for a second top-level value
+
+
+def has_trailing_content(line):
+    """True where a line holds more than one top-level JSON value: `{...}{...}`, `{...},{...}`, `{...} junk`.
+
+    try_parse_json reads the first value of a line and ignores the rest, so without this check the second of two
+    records glued onto one line would be dropped without a trace. The check works on the line's skeleton: string
+    literals blanked (possessive regex: a 100k-character string cannot overflow Java's regex stack), then the
+    innermost objects and arrays replaced by a token, MAX_NESTING_CHECKED times; one object ends as that single
+    token. Deeper nesting than that falls back to a weaker rule (ends with '}', no '}' then '{')."""
+    from pyspark.sql import functions as F
+
+    skeleton = F.regexp_replace(F.regexp_replace(line, r'"(?:[^"\\]++|\\.)*+"', '""'), r"^\s+|\s+$", "")
+    reduced = skeleton
+    for _ in range(MAX_NESTING_CHECKED):
+        reduced = F.regexp_replace(reduced, r"\{[^{}\[\]]*+\}|\[[^{}\[\]]*+\]", "X")
+    fully_reduced = ~reduced.rlike(r"[{}\[\]]")
+    weak_rule = ~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{")
+    return skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule)
+
+
+def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
+    """Accepted events -> one training example per event with its numeric features (the drift test reads these).
+
+    The per-batch counts are over the whole input frame, or per value of `window_keys` (to compute many windows in
+    one pass, e.g. one per landing file)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    weight_map = F.create_map(*[x for t, w in sorted(event_type_weights.items()) for x in (F.lit(t), F.lit(float(w)))])
+    return accepted_df.select(
+        "event_id", "user_id", "item_id", "event_type", "value", "event_time",
+        F.col("event_time").cast("double").alias("timestamp"),
+        F.coalesce(weight_map[F.col("event_type")], F.lit(1.0)).alias("event_weight"),
+        F.hour("event_time").alias("hour_of_day"),
+        F.count("*").over(Window.partitionBy(*window_keys, "user_id")).alias("user_batch_events"),
+        F.count("*").over(Window.partitionBy(*window_keys, "item_id")).alias("item_batch_events"),
+    )
+
+
+def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
+    """Classified records + the dedupe state (event_id, event_time of accepted events still above the watermark) ->
+    the same records with `status` in accepted | duplicate | quarantined.
+
+    - A valid event older than the watermark (the newest event time seen in earlier batches minus
+      `features.allowed_lateness_s`) is quarantined as "late": the state no longer holds ids that old, so it could
+      not be told from a duplicate, and dropping it silently is not allowed.
+    - A late event inside the allowed lateness is accepted like any other.
+    - A duplicate is the same event_id delivered earlier: in an earlier batch (the state), or earlier in this batch
+      (file name, then line). First delivery wins, whatever the copies' event times, so the outcome does not depend
+      on how a restarted stream groups files into micro-batches.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = parsed_df
+    if watermark is not None:
+        is_late = (F.col("quarantine_reason").isNull()
+                   & (F.col("event_time") < F.lit(watermark.timestamp()).cast("timestamp")))
+        df = df.withColumn("quarantine_reason", F.when(is_late, F.lit("late")).otherwise(F.col("quarantine_reason")))
+    is_valid = F.col("quarantine_reason").isNull()
+    first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("source_file", "line_number")
+    ranked = df.withColumn("_rank", F.row_number().over(first_in_batch))
+    seen = seen_df.select("event_id").distinct().withColumn("_seen", F.lit(True))
+    ranked = ranked.join(seen, "event_id", "left")
+    return ranked.withColumn(
+        "status",
+        F.when(~is_valid, F.lit("quarantined"))
+        .when((F.col("_rank") > 1) | F.col("_seen").isNotNull(), F.lit("duplicate"))
+        .otherwise(F.lit("accepted")),
+    ).drop("_rank", "_seen")
