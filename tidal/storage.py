@@ -70,8 +70,10 @@ class StorageLayout:
 
 
 def safe_name(run_id: str) -> str:
-    """Airflow run ids hold ':' and '+'; keep folder names portable."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
+    """Airflow run ids hold ':' and '+'; keep folder names portable, and never '.', '..' or empty (a folder that is
+    not the run's own)."""
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
+    return name if name.strip(".") else "_" * max(1, len(name))
 
 
 def partition_value(folder: Path) -> int:
