@@ -25,13 +25,12 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable,
-                         Param, dag, get_current_context)
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context
 
 from tidal.dag_tasks import pipeline_tasks
 from tidal.pipelines import FULL_RETRAIN, describe
-from tidal.task_context import (REASON_MAX_LENGTH, REASON_PATTERN,
-                                SEVERE_DRIFT_URI, drift_events_of)
+from tidal.task_context import REASON_MAX_LENGTH, REASON_PATTERN, SEVERE_DRIFT_URI, drift_events_of
+
 
 SEVERE_DRIFT = Asset(SEVERE_DRIFT_URI)
 # Read from the environment, not params.yaml: no YAML parsing at DAG-parse time.

@@ -20,13 +20,13 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.trigger_dagrun import \
-    TriggerDagRunOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, dag, task
 
 from tidal.dag_tasks import pipeline_tasks
 from tidal.pipelines import INCREMENTAL, describe
 from tidal.task_context import SEVERE_DRIFT_URI, severe_drift_event
+
 
 SEVERE_DRIFT = Asset(SEVERE_DRIFT_URI)
 

@@ -13,6 +13,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from tidal.task_context import MODEL_POOL
 
+
 PARAMS = {
     "to": Param(
         "", type="string", pattern=r"^(v\d{6})?$",

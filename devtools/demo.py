@@ -33,6 +33,7 @@ from tidal.pipelines import INCREMENTAL
 from tidal.registry import Registry
 from tidal.storage import StorageLayout, read_json
 
+
 DAG_ID = "tidal_incremental"
 STEP_ORDER = INCREMENTAL.step_names
 TASK_COLUMNS = (INCREMENTAL.guard_name, *STEP_ORDER)

@@ -22,6 +22,7 @@ import numpy as np
 from tidal.config import GenerateParams, load_settings
 from tidal.storage import StorageLayout, atomic_write_bytes, atomic_write_json
 
+
 LANDING_FILE_PATTERN = re.compile(r"^events-(\d{6})\.jsonl$")
 # Mix of event types a real catalogue sees: mostly views, few purchases.
 EVENT_TYPE_MIX = {"view": 0.60, "click": 0.24, "add_to_cart": 0.08, "purchase": 0.05, "rating": 0.03}

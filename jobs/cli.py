@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+
 # command -> (module whose main(argv) runs it, one-line help)
 COMMANDS = {
     "generate": ("devtools.generate", "append synthetic interaction files to landing/events (development)"),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +43,18 @@ def write_params(path: Path, overrides: dict | None = None) -> Path:
             params.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(params))
     return path
+
+
+@contextmanager
+def private_home(folder: Path, overrides: dict | None = None):
+    """TIDAL_HOME = folder/home and small params (plus `overrides`) for the block; yields the Settings. For
+    module-scoped fixtures; a test's own home is the `tidal_env` fixture."""
+    from tidal.config import load_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIDAL_HOME", str(folder / "home"))
+        mp.setenv("TIDAL_PARAMS", str(write_params(folder / "params.yaml", overrides)))
+        yield load_settings()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+
 PACKAGES = ("tidal", "models", "jobs", "devtools", "dags")
 # What each package may import from the project (itself included).
 ALLOWED = {

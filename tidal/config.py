@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError,
-                      field_validator, model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS_PATH = REPO_ROOT / "params.yaml"

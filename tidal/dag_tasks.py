@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from tidal.config import load_settings
 from tidal.pipelines import Pipeline, Step, check_guard
-from tidal.task_context import MODEL_POOL, settings_and_reports
+from tidal.task_context import MODEL_POOL, current_task_run
 
 
 def step_task(step: Step, run_inputs: dict[str, Callable[[], Any]]):
@@ -23,8 +23,8 @@ def step_task(step: Step, run_inputs: dict[str, Callable[[], Any]]):
     upstream_steps = step.sources()
 
     def run_step(**upstream: dict[str, Any]) -> dict[str, Any]:
-        settings, run_id, reports = settings_and_reports()
-        summary = step.call(settings, run_id, reports, upstream, {name: supply() for name, supply in run_inputs.items()})
+        run = current_task_run()
+        summary = step.call(run.settings, run.run_id, run.reports_dir, upstream, {name: supply() for name, supply in run_inputs.items()})
         if message := step.failure(summary):
             from airflow.sdk.exceptions import AirflowFailException
 

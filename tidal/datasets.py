@@ -13,6 +13,7 @@ import pandas as pd
 
 from tidal.storage import StorageLayout, partition_value
 
+
 TRAINING_COLUMNS = ["user_id", "item_id", "timestamp", "weight"]
 STORE_TO_TRAINING_NAMES = {"event_weight": "weight"}
 

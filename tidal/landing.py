@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 from tidal.config import Settings
 from tidal.storage import StorageLayout
 
+
 # The stream's pathGlobFilter (*.{jsonl,parquet}); Spark's file listing skips names starting with '.' or '_'.
 LANDING_SUFFIXES = (".jsonl", ".parquet")
 

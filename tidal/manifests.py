@@ -13,10 +13,22 @@ from typing import Any
 from tidal.storage import StorageLayout, atomic_write_json, read_json
 
 
-def latest_manifest_before(layout: StorageLayout, batch_id: int) -> dict | None:
+def manifest_batch_ids(layout: StorageLayout) -> list[int]:
+    """Every batch that finished (its manifest is written last), in order."""
     folder = layout.feature_state / "batches"
-    earlier = sorted(int(p.stem) for p in folder.glob("*.json") if int(p.stem) < batch_id) if folder.exists() else []
+    return sorted(int(p.stem) for p in folder.glob("*.json")) if folder.exists() else []
+
+
+def latest_manifest_before(layout: StorageLayout, batch_id: int) -> dict | None:
+    """The manifest of the newest finished batch before `batch_id` (what a replay of `batch_id` starts from)."""
+    earlier = [b for b in manifest_batch_ids(layout) if b < batch_id]
     return read_json(batch_manifest_path(layout, earlier[-1])) if earlier else None
+
+
+def latest_manifest(layout: StorageLayout) -> dict | None:
+    """The manifest of the newest finished batch."""
+    done = manifest_batch_ids(layout)
+    return read_json(batch_manifest_path(layout, done[-1])) if done else None
 
 
 def batch_clock(layout: StorageLayout, batch_id: int, now_epoch_s: float) -> float:

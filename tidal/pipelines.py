@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from tidal.config import Settings
 
+
 RUN_INPUT = "run."
 CONTEXT_PARAMETERS = ("settings", "run_id", "reports_dir")
 

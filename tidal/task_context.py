@@ -7,22 +7,32 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout
+
 
 # The one-slot Airflow pool (scripts/stack.sh creates it) that every model-changing task of every DAG runs in, so
 # an incremental fine-tune/gate/promote, a full retrain and a rollback never overlap.
 MODEL_POOL = "tidal_model"
 
 
-def settings_and_reports() -> tuple[Settings, str, Path]:
-    """(settings, run id, reports/runs/<run id>/) for the Airflow task that calls it."""
+class TaskRun(NamedTuple):
+    """What a step needs from the Airflow task it runs in."""
+
+    settings: Settings
+    run_id: str
+    reports_dir: Path  # reports/runs/<run id>/
+
+
+def current_task_run() -> TaskRun:
+    """The settings, the run id and the run's reports folder, for the Airflow task that calls it."""
     from airflow.sdk import get_current_context
 
     settings = load_settings()
     run_id = get_current_context()["run_id"]
-    return settings, run_id, StorageLayout(settings.home).ensure().run_reports(run_id)
+    return TaskRun(settings, run_id, StorageLayout(settings.home).ensure().run_reports(run_id))
 
 # The asset a drift task emits when drift is severe; tidal_scheduled_retrain is scheduled on it (and weekly).
 SEVERE_DRIFT_URI = "tidal://drift/severe"

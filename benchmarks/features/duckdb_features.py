@@ -60,6 +60,7 @@ from jobs.features.transforms import REQUIRED_STRING_FIELDS, EventRules
 from tidal.config import Settings, load_settings
 from tidal.storage import StorageLayout, atomic_write_json
 
+
 # Java's \s, which Spark's blank-line test uses: space, tab, newline, vertical tab, form feed, carriage return.
 JAVA_WHITESPACE = " \t\n\x0b\f\r"
 # The fields the contract reads; their positions in the JSON path lists below.

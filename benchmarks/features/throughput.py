@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 # The batch clock of both runs: after every generated event, so none is quarantined as future by chance.
@@ -101,8 +102,8 @@ def duckdb_pass(home: Path, out: Path, overrides: dict[str, Any], now_epoch_s: f
     """The DuckDB batch over the same landing files, outputs under `out`."""
     os.environ["TIDAL_HOME"] = str(home)
     sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks.features.duckdb_features import (batch_params, connect,
-                                                     run_batch)
+    from benchmarks.features.duckdb_features import batch_params, connect, run_batch
+
     from tidal.config import load_settings
     from tidal.storage import StorageLayout
 

@@ -4,4 +4,5 @@ decision), `reference` (the two sides), `report` (log lines, plot, HTML), `run` 
 
 from jobs.drift.run import run_drift
 
+
 __all__ = ["run_drift"]

@@ -14,6 +14,7 @@ from tidal.datasets import load_examples, with_feature_store_names
 from tidal.registry import REFERENCE_FILE, ModelVersion
 from tidal.storage import StorageLayout
 
+
 OLD_REFERENCE_REMEDY = (
     ". A reference stored before tidal kept every drift feature (older versions lack "
     "event_weight) is not rewritten, since a version never changes: run a full retrain (`tidal retrain --reason "

@@ -33,8 +33,6 @@ Run: `tidal drift --run-id RUN --batch-ids 3 4`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,10 +40,12 @@ from typing import Any
 from jobs.drift.reference import current_window, production_reference
 from jobs.drift.report import plot_drift, verdict_line, write_html_report
 from jobs.drift.statistics import drift_tests
-from tidal.config import Settings, load_settings
+from tidal.config import Settings
 from tidal.drift_state import read_drift_state, update_drift_state
 from tidal.registry import REFERENCE_FILE, Registry
+from tidal.step_cli import run_step_main
 from tidal.storage import StorageLayout, write_step_summary
+
 
 log = logging.getLogger("tidal.drift")
 
@@ -89,15 +89,9 @@ def run_drift(settings: Settings, run_id: str, batch_ids: list[int], reports_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tidal drift", description="Drift tests (KS, chi-square/PSI, BH) of new examples vs the reference.")
-    parser.add_argument("--run-id", required=True)
-    parser.add_argument("--batch-ids", type=int, nargs="+", required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the verdict lines, as the task log shows them
-    settings = load_settings()
-    summary = run_drift(settings, args.run_id, args.batch_ids, StorageLayout(settings.home).run_reports(args.run_id))
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_step_main(argv, prog="tidal drift", batch_ids=True,
+                         description="Drift tests (KS, chi-square/PSI, BH) of new examples vs the reference.",
+                         run=lambda settings, args, reports: run_drift(settings, args.run_id, args.batch_ids, reports))
 
 
 if __name__ == "__main__":

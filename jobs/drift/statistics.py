@@ -17,6 +17,7 @@ import pandas as pd
 from jobs.drift.reference import require_features
 from tidal.config import DriftParams
 
+
 ITEM_BUCKETS_FEATURE = "item_id"
 
 

@@ -6,4 +6,5 @@
 
 from jobs.features.stream import run_features
 
+
 __all__ = ["run_features"]

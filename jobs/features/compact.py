@@ -43,7 +43,9 @@ from typing import Any
 
 from tidal.config import Settings, load_settings
 from tidal.landing import newest_committed_batch
+from tidal.manifests import latest_manifest
 from tidal.storage import StorageLayout
+
 
 STAGING_PREFIX = "_compacting-"
 PARKED_PREFIX = "_parked-"
@@ -53,9 +55,7 @@ TRASH_GRACE_S = 3600.0
 
 def current_watermark(layout: StorageLayout, allowed_lateness_s: int) -> datetime | None:
     """The newest event time any batch has seen, minus the allowed lateness (what the next batch will use)."""
-    from tidal.manifests import latest_manifest_before
-
-    latest = latest_manifest_before(layout, 2**62)
+    latest = latest_manifest(layout)
     if not latest or not latest.get("max_event_time"):
         return None
     return datetime.fromisoformat(latest["max_event_time"]) - timedelta(seconds=allowed_lateness_s)

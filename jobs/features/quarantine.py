@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 
 from tidal.config import Settings, load_settings
-from tidal.storage import (StorageLayout, atomic_write_bytes,
-                           atomic_write_json, partition_value, read_json)
+from tidal.storage import StorageLayout, atomic_write_bytes, atomic_write_json, partition_value, read_json
+
 
 COLUMNS = ["batch_id", "source_file", "line_number", "quarantine_reason", "raw_record"]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 
+
 ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double"
 ITEM_BUCKET_STATE_SCHEMA = "item_id string, bucket long, events long"
 SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids are JSON strings, control chars aside)

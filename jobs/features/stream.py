@@ -26,21 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from jobs.features.compact import compact_bronze
-from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA,
-                                 entity_features, flag_outliers,
-                                 item_content_features, item_window_popularity,
-                                 prune_item_buckets, update_entity_state,
+from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, entity_features, flag_outliers,
+                                 item_content_features, item_window_popularity, prune_item_buckets, update_entity_state,
                                  update_item_buckets)
-from jobs.features.transforms import (EventRules, classify_events,
-                                      dedupe_with_watermark, landing_lines,
-                                      parquet_lines, training_examples)
+from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, landing_lines, parquet_lines,
+                                      training_examples)
 from tidal.config import Settings, load_settings
-from tidal.manifests import (batch_clock, batch_manifest_path,
-                             latest_manifest_before, read_batch_manifests,
+from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest_before, read_batch_manifests,
                              summarize_batches)
 from tidal.spark import spark_for
-from tidal.storage import (StorageLayout, atomic_write_json, partition_value,
-                           read_json, write_step_summary)
+from tidal.storage import StorageLayout, atomic_write_json, partition_value, read_json, write_step_summary
 
 
 @dataclass(frozen=True)
@@ -279,8 +274,7 @@ def claim_zero_byte_files(layout: StorageLayout, batch_id: int) -> list[str]:
 
 def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_s: float | None = None) -> dict[str, Any]:
     """Process every landing file not yet consumed; return the summary of the micro-batches this run made."""
-    from pyspark.sql.types import (BinaryType, LongType, StringType,
-                                   StructField, StructType, TimestampType)
+    from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
 
     started = time.monotonic()
     layout = StorageLayout(settings.home).ensure()

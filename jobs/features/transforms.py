@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+
 REQUIRED_STRING_FIELDS = ("event_id", "user_id", "item_id", "event_type")
 
 

@@ -7,4 +7,5 @@ from jobs.release.promote import run_promote
 from jobs.release.rollback import run_rollback
 from jobs.release.version import run_version
 
+
 __all__ = ["run_gate", "run_promote", "run_rollback", "run_version"]

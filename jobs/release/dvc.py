@@ -23,6 +23,7 @@ from tidal.config import Settings
 from tidal.registry import Registry, verify_version_dir
 from tidal.storage import StorageLayout, read_json
 
+
 REMOTE_NAME = "artifacts"
 
 
@@ -36,8 +37,7 @@ def s3_credentials_from_airflow() -> dict[str, str]:
         return {}  # the environment wins
     conn_id = os.environ.get("TIDAL_S3_CONN_ID", "tidal_s3")
     try:
-        from airflow.sdk import \
-            BaseHook  # inside a task: the API server's connection; else AIRFLOW_CONN_* env
+        from airflow.sdk import BaseHook  # inside a task: the API server's connection; else AIRFLOW_CONN_* env
 
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # no Airflow, or no such connection: DVC reports the missing credentials itself

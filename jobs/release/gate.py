@@ -9,18 +9,17 @@ Run: `tidal gate --run-id RUN`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tidal.config import Settings, load_settings
+from tidal.config import Settings
 from tidal.datasets import recent_history
 from tidal.registry import HOLDOUT_FILE, METADATA_FILE, MODEL_FILE, Registry
-from tidal.storage import StorageLayout, atomic_write_json, write_step_summary
+from tidal.step_cli import record_summary, run_step_main
+from tidal.storage import StorageLayout, atomic_write_json
 
 
 def gate_decision(candidate: dict | None, production: dict | None, *, finite: bool, recall_tolerance: float,
@@ -53,8 +52,8 @@ def run_gate(settings: Settings, run_id: str, reports_dir: Path | None = None) -
     candidate_dir = registry.candidate_dir(run_id)
     metadata = registry.candidate_metadata(run_id)
     if metadata is None:
-        return _finish({"run_id": run_id, "status": "skipped", "passed": False,
-                        "reason": "no candidate for this run (nothing new to train on)"}, reports_dir)
+        return record_summary(reports_dir, "gate", {"run_id": run_id, "status": "skipped", "passed": False,
+                                                    "reason": "no candidate for this run (nothing new to train on)"})
 
     finite = bool(metadata["finite"]) and (candidate_dir / MODEL_FILE).exists()
     holdout = pd.read_parquet(candidate_dir / HOLDOUT_FILE)
@@ -78,26 +77,16 @@ def run_gate(settings: Settings, run_id: str, reports_dir: Path | None = None) -
     metadata["metrics"] = candidate_metrics
     atomic_write_json(candidate_dir / METADATA_FILE, metadata)
     print(f"[gate] {'PASS' if passed else 'FAIL'}: {reason}", flush=True)
-    return _finish({"run_id": run_id, "status": "evaluated", "passed": passed, "reason": reason, "finite": finite,
-                    "candidate": candidate_metrics, "production": production_metrics,
-                    "production_version": production.version if production else None,
-                    "held_out_examples": len(holdout)}, reports_dir)
+    summary = {"run_id": run_id, "status": "evaluated", "passed": passed, "reason": reason, "finite": finite,
+               "candidate": candidate_metrics, "production": production_metrics,
+               "production_version": production.version if production else None, "held_out_examples": len(holdout)}
+    return record_summary(reports_dir, "gate", summary)
 
-
-def _finish(summary: dict[str, Any], reports_dir: Path | None) -> dict[str, Any]:
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "gate", summary)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tidal gate", description="Gate a run's candidate against production.")
-    parser.add_argument("--run-id", required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    summary = run_gate(settings, args.run_id, StorageLayout(settings.home).run_reports(args.run_id))
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_step_main(argv, prog="tidal gate", description="Gate a run's candidate against production.",
+                         run=lambda settings, args, reports: run_gate(settings, args.run_id, reports))
 
 
 if __name__ == "__main__":

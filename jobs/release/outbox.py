@@ -13,8 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jobs.release.dvc import (DvcError, dvc_file_md5, push_tracked,
-                              track_version)
+from jobs.release.dvc import DvcError, dvc_file_md5, push_tracked, track_version
 from tidal.config import Settings
 from tidal.registry import utc_now_iso
 from tidal.storage import StorageLayout, atomic_write_json, read_json

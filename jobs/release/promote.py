@@ -8,13 +8,12 @@ Run: `tidal promote --run-id RUN`.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from tidal.config import Settings, load_settings
+from tidal.config import Settings
 from tidal.registry import Registry, StaleCandidate
+from tidal.step_cli import run_step_main
 from tidal.storage import StorageLayout, read_json, write_step_summary
 
 
@@ -48,14 +47,9 @@ def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], r
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tidal promote", description="Promote a run's candidate if its gate passed.")
-    parser.add_argument("--run-id", required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    reports = StorageLayout(settings.home).run_reports(args.run_id)
-    summary = run_promote(settings, args.run_id, read_json(reports / "gate.json"), reports)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_step_main(argv, prog="tidal promote", description="Promote a run's candidate if its gate passed.",
+                         run=lambda settings, args, reports: run_promote(settings, args.run_id,
+                                                                         read_json(reports / "gate.json"), reports))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from tidal.config import load_settings
 from tidal.registry import ModelVersion, Registry, parse_moment
 from tidal.storage import StorageLayout
 
+
 # "own": each version scored on its own held-out slice, so two rows are not comparable; the gate margin is.
 LIST_HEADER = (f"{'version':<9} {'kind':<12} {'parent':<8} {'anchor':<8} {'batches':<9} {'own recall@10':>13} "
                f"{'own ndcg@10':>11} {'gate margin':<20} {'promoted_at':<32} served")
@@ -58,12 +59,14 @@ def served_at(registry: Registry, text: str) -> int:
 
 
 def gate_margin(metadata: dict) -> str:
-    """Candidate minus production Recall@10 as the gate scored both on the candidate's held-out slice."""
+    """Candidate minus production Recall@k (the gate's k, gate.k) as the gate scored both on the candidate's
+    held-out slice."""
     gate = metadata.get("gate") or {}
     candidate, production = gate.get("candidate") or {}, gate.get("production") or {}
-    if "recall_at_10" not in candidate or "recall_at_10" not in production:
+    recall = next((key for key in sorted(candidate) if key.startswith("recall_at_") and key in production), None)
+    if recall is None:
         return "first model" if gate and not gate.get("production_version") else "-"
-    return f"{candidate['recall_at_10'] - production['recall_at_10']:+.4f} vs {gate.get('production_version')}"
+    return f"{candidate[recall] - production[recall]:+.4f} vs {gate.get('production_version')}"
 
 
 def served_column(registry: Registry, mv: ModelVersion, serving: dict | None) -> str:

@@ -5,4 +5,5 @@
 
 from jobs.training.finetune import run_finetune
 
+
 __all__ = ["run_finetune"]

@@ -16,8 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tidal.config import ConfigError, Settings
-from tidal.registry import (HOLDOUT_FILE, METADATA_FILE, MODEL_FILE,
-                            REFERENCE_FILE, Registry)
+from tidal.registry import HOLDOUT_FILE, METADATA_FILE, MODEL_FILE, REFERENCE_FILE, Registry
 from tidal.storage import atomic_write_json
 
 

@@ -16,13 +16,13 @@ from typing import Any
 import pandas as pd
 
 from jobs.training.build import build_training_set, retrain_dir
-from jobs.training.full_retrain import (train_from_scratch,
-                                        validate_training_set)
+from jobs.training.full_retrain import train_from_scratch, validate_training_set
 from jobs.training.request import check_request
 from tidal.config import Settings, load_settings
 from tidal.datasets import load_training_set
 from tidal.registry import HOLDOUT_FILE, METADATA_FILE, MODEL_FILE, Registry
 from tidal.storage import StorageLayout, atomic_write_json, read_json
+
 
 DVC_RUN_ID = "dvc"
 STAGES = ("build_training_set", "validate", "train", "evaluate")  # as dvc.yaml names them

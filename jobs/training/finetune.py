@@ -10,8 +10,6 @@ Run: `tidal finetune --run-id RUN` (normally the DAG or `tidal cycle` calls `run
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,13 @@ from typing import Any
 import pandas as pd
 
 from jobs.drift.reference import drift_reference_sample, production_reference
-from jobs.training.candidate import (candidate_metadata, event_time_range,
-                                     split_holdout, train_config,
-                                     write_candidate)
-from tidal.config import DriftParams, Settings, load_settings
-from tidal.datasets import (TRAINING_COLUMNS, example_batch_ids, load_examples,
-                            load_item_metadata, recent_history)
+from jobs.training.candidate import candidate_metadata, event_time_range, split_holdout, train_config, write_candidate
+from tidal.config import DriftParams, Settings
+from tidal.datasets import TRAINING_COLUMNS, example_batch_ids, load_examples, load_item_metadata, recent_history
 from tidal.drift_state import read_drift_state
 from tidal.registry import HOLDOUT_FILE, ModelVersion, Registry
-from tidal.storage import StorageLayout, write_step_summary
+from tidal.step_cli import record_summary, run_step_main
+from tidal.storage import StorageLayout
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
     if len(data.new) < params.finetune.min_examples:
         summary.update(status="skipped", reason=f"{len(data.new)} new examples < finetune.min_examples "
                                                 f"({params.finetune.min_examples})")
-        return write_summary(summary, reports_dir)
+        return record_summary(reports_dir, "finetune", summary)
 
     # Before training, so a configured drift feature the data lacks fails the run in seconds, not after the epochs.
     reference = drift_reference_for(production, data.training, params.drift, params.base.seed)
@@ -135,23 +131,14 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
     summary.update(status="trained" if finite else "rejected_non_finite", kind=kind, parent=metadata["parent"],
                    trained_examples=len(data.training), held_out_examples=len(data.holdout), finite=finite,
                    losses=metadata["losses"], train_cpu_s=metadata["train_cpu_s"], candidate=str(candidate_dir))
-    return write_summary(summary, reports_dir)
+    return record_summary(reports_dir, "finetune", summary)
 
-
-def write_summary(summary: dict[str, Any], reports_dir: Path | None) -> dict[str, Any]:
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "finetune", summary)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tidal finetune", description="Fine-tune a candidate on unseen examples.")
-    parser.add_argument("--run-id", required=True, help="names the candidate and the report folder")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    summary = run_finetune(settings, args.run_id, StorageLayout(settings.home).run_reports(args.run_id))
-    print(json.dumps(summary, indent=2))
-    return 0 if summary["status"] != "rejected_non_finite" else 1
+    return run_step_main(argv, prog="tidal finetune", description="Fine-tune a candidate on unseen examples.",
+                         run=lambda settings, args, reports: run_finetune(settings, args.run_id, reports),
+                         exit_code=lambda summary: 1 if summary["status"] == "rejected_non_finite" else 0)
 
 
 if __name__ == "__main__":

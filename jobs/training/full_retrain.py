@@ -15,18 +15,15 @@ from typing import Any
 import pandas as pd
 
 from jobs.drift.reference import drift_reference_sample
-from jobs.training.candidate import (candidate_metadata, split_holdout,
-                                     train_config, write_candidate)
+from jobs.training.candidate import candidate_metadata, split_holdout, train_config, write_candidate
 from tidal.config import Settings
-from tidal.datasets import (TRAINING_COLUMNS, load_item_metadata,
-                            load_training_set)
+from tidal.datasets import TRAINING_COLUMNS, load_item_metadata, load_training_set
 from tidal.registry import Registry
 from tidal.storage import StorageLayout, write_step_summary
 
 
 def validate_training_set(settings: Settings, run_id: str, built: dict[str, Any], reports_dir: Path) -> dict[str, Any]:
-    from jobs.validation.validate import (UNBOUNDED_EXAMPLE_ROWS,
-                                          load_suite_json, validate_examples)
+    from jobs.validation.validate import UNBOUNDED_EXAMPLE_ROWS, load_suite_json, validate_examples
 
     examples = pd.read_parquet(built["examples_path"]).drop(columns=["batch_id"])
     # The suite's row-count bounds are per micro-batch; a training set over days of history is not one.

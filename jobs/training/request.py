@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError,
-                      field_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tidal.config import ConfigError, Settings
 from tidal.task_context import PATH_LIKE, REASON_MAX_LENGTH, REASON_PATTERN

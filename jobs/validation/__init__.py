@@ -4,4 +4,5 @@
 
 from jobs.validation.validate import run_validate
 
+
 __all__ = ["run_validate"]

@@ -13,7 +13,6 @@ Run: `tidal validate --run-id RUN --batch-ids 3 4`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -24,12 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.validation.data_docs import (SiteEntry, docs_page, make_site_offline,
-                                       write_site_index)
-from tidal.config import REPO_ROOT, Settings, load_settings
+from jobs.validation.data_docs import SiteEntry, docs_page, make_site_offline, write_site_index
+from tidal.config import REPO_ROOT, Settings
 from tidal.datasets import load_examples
 from tidal.manifests import read_batch_manifests, summarize_batches
+from tidal.step_cli import run_step_main
 from tidal.storage import StorageLayout, read_json, write_step_summary
+
 
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 
@@ -269,14 +269,9 @@ def run_validate(settings: Settings, run_id: str, batch_ids: list[int], reports_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tidal validate", description="Validate new examples with Great Expectations.")
-    parser.add_argument("--run-id", required=True)
-    parser.add_argument("--batch-ids", type=int, nargs="+", required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    summary = run_validate(settings, args.run_id, args.batch_ids, StorageLayout(settings.home).run_reports(args.run_id))
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_step_main(argv, prog="tidal validate", batch_ids=True,
+                         description="Validate new examples with Great Expectations.",
+                         run=lambda settings, args, reports: run_validate(settings, args.run_id, args.batch_ids, reports))
 
 
 if __name__ == "__main__":

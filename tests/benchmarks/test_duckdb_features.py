@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from benchmarks.features import duckdb_features as ddb
+
 from jobs.features.transforms import EventRules
+
 
 # The batch clock both runs judge future timestamps by: 2026-11-03T00:00:00Z (the stream starts 2026-11-01).
 NOW = datetime(2026, 11, 3, tzinfo=timezone.utc).timestamp()
@@ -71,15 +72,11 @@ def both_runs(spark, tmp_path_factory):
     zero-byte file, a blank file and a file with one line that is not UTF-8."""
     from devtools.generate import generate_stream
     from jobs.features.stream import run_features
-    from tests.conftest import write_params
-    from tidal.config import load_settings
+    from tests.conftest import private_home
     from tidal.storage import StorageLayout
 
     tmp = tmp_path_factory.mktemp("duckdb_equivalence")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIDAL_HOME", str(tmp / "home"))
-        mp.setenv("TIDAL_PARAMS", str(write_params(tmp / "params.yaml", OVERRIDES)))
-        settings = load_settings()
+    with private_home(tmp, OVERRIDES) as settings:
         layout = StorageLayout(settings.home).ensure()
         generate_stream(layout, settings.params.generate, seed=7, files=3, event_types=settings.params.base.event_types,
                         bad_fraction=0.03)

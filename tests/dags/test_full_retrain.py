@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.dags.test_incremental_e2e import summaries
 
+
 EXPECTED_EDGES = {
     "check_request": {"build_training_set", "train", "promote"},
     "build_training_set": {"validate", "train"},

@@ -6,13 +6,12 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 

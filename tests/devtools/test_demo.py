@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devtools.demo import (cycle_count, cycle_report, gate_lines, gate_row,
-                           run_record, runs_lines, seconds_lines)
-from tests.conftest import REPO_ROOT, write_params
+from devtools.demo import cycle_count, cycle_report, gate_lines, gate_row, run_record, runs_lines, seconds_lines
+from tests.conftest import REPO_ROOT, private_home
 from tidal.landing import pending_landing_files
 from tidal.storage import StorageLayout
+
 
 TOLERANCE = 0.02
 
@@ -57,13 +57,9 @@ def real_idle_run(layout: StorageLayout) -> dict:
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory, airflow_db):
     """A first model, an idle run, a compared cycle that passes, and a poisoned cycle that fails."""
-    from tidal.config import load_settings
 
     tmp = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("TIDAL_HOME", str(tmp / "home"))
-        env.setenv("TIDAL_PARAMS", str(write_params(tmp / "params.yaml", {"gate": {"recall_tolerance": 1.0}})))
-        settings = load_settings()
+    with private_home(tmp, {"gate": {"recall_tolerance": 1.0}}) as settings:
         layout = StorageLayout(settings.home).ensure()
         records = [real_cycle(settings, layout, "demo-cycle-1", files=2), real_idle_run(layout),
                    real_cycle(settings, layout, "demo-cycle-2", files=1),

@@ -14,6 +14,7 @@ from devtools.generate import BAD_LINE_KINDS, generate_stream
 from tidal.config import GenerateParams
 from tidal.storage import StorageLayout
 
+
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 SMALL = dict(users=60, items=40, events_per_file=400, new_users_per_file=4, new_items_per_file=2)
 

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tidal.pipelines import INCREMENTAL
 
+
 STEP_ORDER = INCREMENTAL.step_names
 
 

@@ -16,6 +16,7 @@ import psutil
 
 from tests.conftest import REPO_ROOT
 
+
 STACK = REPO_ROOT / "scripts" / "stack.sh"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 # Moved ports that keep clear of the default stack's (18333, 18090, 19300 and what they derive), for tests that

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.scripts.stack_run import free_ports, stack, stack_dir_env
 
+
 pytestmark = pytest.mark.stack
 STACK = str(REPO_ROOT / "scripts" / "stack.sh")
 

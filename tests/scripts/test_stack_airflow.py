@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.scripts.stack_run import clean_env, free_ports, process_tree, stack, still_alive
 
+
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 SHIPPED = ("tidal_incremental", "tidal_full_retrain", "tidal_scheduled_retrain", "tidal_rollback")
 BROKEN = 'raise RuntimeError("tidal test: this DAG file is broken on purpose")\n'

@@ -11,6 +11,7 @@ import pytest
 
 from tests.scripts.stack_run import TEST_PORTS, stack, stack_dir_env
 
+
 # What `scripts/stack.sh ports` lists for the default settings; the README documents the same table.
 DEFAULT_TABLE = {
     18333: "S3 API", 28333: "S3 gRPC", 19333: "master", 29333: "master gRPC", 19380: "volume",

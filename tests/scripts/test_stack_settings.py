@@ -9,6 +9,7 @@ import pytest
 
 from tests.scripts.stack_run import free_ports, sourced, stack, stack_dir_env
 
+
 SEEN = ("TIDAL_S3_ENDPOINT", "TIDAL_AIRFLOW_URL", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "TIDAL_S3_BUCKET")
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tidal.config import (DEFAULT_PARAMS_PATH, REPO_ROOT, ConfigError, Params,
-                          load_params, load_settings)
+from tidal.config import DEFAULT_PARAMS_PATH, REPO_ROOT, ConfigError, Params, load_params, load_settings
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from jobs.drift.report import plot_drift
 from jobs.drift.statistics import ks_drift
 
+
 ALPHA = 0.01
 
 
@@ -125,8 +126,7 @@ def test_plot_draws_a_heavy_tailed_feature_on_the_quantile_bins(tmp_path):
 
 def promote_reference(layout, reference: pd.DataFrame) -> None:
     """A production v000001 whose stored drift reference is `reference`."""
-    from tidal.registry import (METADATA_FILE, MODEL_FILE, REFERENCE_FILE,
-                                Registry)
+    from tidal.registry import METADATA_FILE, MODEL_FILE, REFERENCE_FILE, Registry
 
     registry = Registry(layout.registry)
     staged = registry.new_candidate_dir("run-0")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jobs.features.compact import (STAGING_PREFIX, TRASH_DIR, compact_bronze,
-                                   dates_to_compact, exchange_paths,
+from jobs.features.compact import (STAGING_PREFIX, TRASH_DIR, compact_bronze, dates_to_compact, exchange_paths,
                                    purge_trash)
+
 
 NOW = datetime(2026, 11, 10, tzinfo=timezone.utc).timestamp()
 
@@ -31,16 +31,11 @@ def bronze_rows(bronze: Path) -> pd.DataFrame:
 def compacted(spark, tmp_path_factory):
     """Three runs, one file each, allowed lateness 1 h: day 1 and day 2 close once day 3's events arrive."""
     from jobs.features.stream import run_features
-    from tests.conftest import write_params
-    from tidal.config import load_settings
+    from tests.conftest import private_home
     from tidal.storage import StorageLayout
 
     tmp = tmp_path_factory.mktemp("compact")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIDAL_HOME", str(tmp / "home"))
-        mp.setenv("TIDAL_PARAMS", str(write_params(tmp / "params.yaml", {"features": {"allowed_lateness_s": 3600},
-                                                                       "retrain": {"min_examples": 10}})))
-        settings = load_settings()
+    with private_home(tmp, {"features": {"allowed_lateness_s": 3600}, "retrain": {"min_examples": 10}}) as settings:
         layout = StorageLayout(settings.home).ensure()
         landing, bronze = layout.landing_events, layout.bronze_events
         files = [

@@ -4,12 +4,12 @@ fixed by a rule change or by hand is accepted once, and never stays both accepte
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.jobs.features.test_stream import NOW, event
+
 
 GOOD_PARQUET = pd.DataFrame({
     "event_id": ["p1", "p2", "p3"], "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i1", "i2"],
@@ -123,8 +123,7 @@ def test_fuzzed_lines_each_get_exactly_one_verdict_that_matches_the_contract(spa
     from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
-    from jobs.features.transforms import (EventRules, classify_events,
-                                          landing_lines)
+    from jobs.features.transforms import EventRules, classify_events, landing_lines
     from tests.jobs.features.test_stream import EVENT_TYPES, files_frame
 
     rules = EventRules(event_types=EVENT_TYPES, max_id_length=16, max_future_skew_s=300, now_epoch_s=NOW)

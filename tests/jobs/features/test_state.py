@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from jobs.features.state import (ENTITY_STATE_SCHEMA, entity_features,
-                                 flag_outliers, update_entity_state)
+from jobs.features.state import ENTITY_STATE_SCHEMA, entity_features, flag_outliers, update_entity_state
+
 
 T0 = datetime(2026, 11, 1)
 HOUR = 3600.0
@@ -77,9 +77,8 @@ def test_injected_bot_is_flagged_and_normal_users_are_not(spark):
 
 
 def test_sliding_window_item_popularity_counts_the_window_ending_at_each_example(spark):
-    from jobs.features.state import (ITEM_BUCKET_STATE_SCHEMA,
-                                     item_window_popularity,
-                                     prune_item_buckets, update_item_buckets)
+    from jobs.features.state import (ITEM_BUCKET_STATE_SCHEMA, item_window_popularity, prune_item_buckets,
+                                     update_item_buckets)
 
     bucket, windows = 3600, (3600, 3 * 3600)
     keep = max(windows)

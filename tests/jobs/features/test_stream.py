@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jobs.features.transforms import (EventRules, classify_events,
-                                      landing_lines, training_examples)
+from jobs.features.transforms import EventRules, classify_events, landing_lines, training_examples
+
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 # A fixed "now" so that the future-timestamp rule is deterministic: 2026-11-03T00:00:00Z.
@@ -204,15 +204,11 @@ def write_lines(path: Path, lines: list[str]) -> None:
 def feature_runs(spark, tmp_path_factory):
     """Two runs of the streaming job on one home: the first over a dirty landing zone, the second over one new file."""
     from jobs.features.stream import run_features
-    from tests.conftest import write_params
-    from tidal.config import load_settings
+    from tests.conftest import private_home
     from tidal.storage import StorageLayout
 
     tmp = tmp_path_factory.mktemp("features")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIDAL_HOME", str(tmp / "home"))
-        mp.setenv("TIDAL_PARAMS", str(write_params(tmp / "params.yaml")))
-        settings = load_settings()
+    with private_home(tmp) as settings:
         layout = StorageLayout(settings.home).ensure()
         landing = layout.landing_events
         duplicate_in_file = json.dumps(event(**{**FIRST_FILE_GOOD[0], "value": 0.9}))  # same event_id "a0"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO_ROOT, write_params
+
 
 FILES = 3
 EVENTS_PER_FILE = 30

@@ -9,6 +9,7 @@ from jobs.release.promote import run_promote
 from tidal.registry import METADATA_FILE, MODEL_FILE, Registry
 from tidal.storage import StorageLayout, read_json
 
+
 PASSED = {"passed": True, "reason": "recall 0.31 >= production 0.30 - tolerance"}
 FAILED = {"passed": False, "reason": "recall 0.10 < production 0.30 - tolerance"}
 

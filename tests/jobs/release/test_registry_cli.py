@@ -124,3 +124,13 @@ def test_the_tidal_command_refuses_bad_input_without_a_traceback(registry):
     ok = subprocess.run([sys.executable, "-m", "jobs.cli", "registry", "show", "production"], capture_output=True,
                         text=True, cwd=REPO_ROOT)
     assert ok.returncode == 0 and json.loads(ok.stdout)["version"] == "v000001"
+
+
+def test_the_gate_margin_reads_the_gates_own_k():
+    from jobs.release.registry_cli import gate_margin
+
+    gate = {"production_version": "v000001", "candidate": {"recall_at_5": 0.30, "ndcg_at_5": 0.2},
+            "production": {"recall_at_5": 0.25, "ndcg_at_5": 0.2}}
+    assert gate_margin({"gate": gate}) == "+0.0500 vs v000001"
+    assert gate_margin({"gate": {"production_version": None, "candidate": {"recall_at_5": 0.3}}}) == "first model"
+    assert gate_margin({}) == "-"

@@ -9,6 +9,7 @@ from jobs.release.version import run_version, version_model
 from tidal.registry import Registry
 from tidal.storage import StorageLayout, atomic_write_json
 
+
 pytestmark = pytest.mark.stack
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from jobs.release.version import run_version
 from tests.conftest import REPO_ROOT
 from tidal.registry import ChecksumMismatch, Registry
 from tidal.storage import StorageLayout, atomic_write_json
+
 
 pytestmark = pytest.mark.stack
 WEED = REPO_ROOT / ".venv" / "bin" / "weed"

@@ -183,8 +183,7 @@ def test_a_full_retrains_reference_keeps_event_weight(tidal_env, tmp_path):
 
 
 def test_a_drift_feature_missing_from_the_training_set_refuses_the_reference(tidal_env):
-    from jobs.drift.reference import (MissingDriftFeature,
-                                      drift_reference_sample)
+    from jobs.drift.reference import MissingDriftFeature, drift_reference_sample
 
     settings = tidal_env({"drift": {"features": ["value", "dwell_seconds"]}})
     layout = StorageLayout(settings.home).ensure()

@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 
 from jobs.validation.data_docs import OPTIONAL_CDN_ASSETS, offline_html
-from jobs.validation.validate import (UNBOUNDED_EXAMPLE_ROWS, ValidationFailed,
-                                      examples_asset_name, load_suite_json,
-                                      run_validate, validate_examples,
-                                      validate_suites)
+from jobs.validation.validate import (UNBOUNDED_EXAMPLE_ROWS, ValidationFailed, examples_asset_name, load_suite_json,
+                                      run_validate, validate_examples, validate_suites)
 from tidal.manifests import batch_manifest_path
 from tidal.storage import StorageLayout, atomic_write_json
+
 
 TYPES = ["view", "click", "add_to_cart", "purchase", "rating"]
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 2.0}
