@@ -202,3 +202,12 @@ def test_full_retrain_through_the_dag_becomes_the_anchor_of_the_next_incremental
     assert (entry["action"], entry["run_id"]) == ("reject", rejected.run_id) and "not finite" in entry["reason"]
     assert entry["request"] == {"reason": "try a hot learning rate", "trigger": "manual", "promote": "auto",
                                 "history_days": None, "epochs": 1}
+
+
+@pytest.mark.parametrize("dag_id", RETRAIN_DAGS)
+def test_both_retrain_dags_run_the_declared_pipeline(dagbag, dag_id):
+    from tidal.pipelines import FULL_RETRAIN
+
+    dag = dagbag.get_dag(dag_id)
+    assert [t.task_id for t in dag.task_group.topological_sort()] == list(FULL_RETRAIN.step_names)
+    assert {(t.task_id, down) for t in dag.tasks for down in t.downstream_task_ids} == FULL_RETRAIN.edges()

@@ -89,3 +89,19 @@ def test_a_run_with_nothing_landed_is_idle_and_skips_every_later_task(dagbag, ti
     layout = StorageLayout(settings.home)
     assert not any(layout.stream_checkpoint.glob("*")), "the features job ran"
     assert not (layout.reports / "runs").exists() or not any((layout.reports / "runs").rglob("features.json"))
+
+
+def test_the_dag_runs_the_declared_pipeline(dagbag):
+    """Every step of tidal/pipelines.py's INCREMENTAL is a task, wired as declared, behind the guard."""
+    from tidal.pipelines import INCREMENTAL
+
+    dag = dagbag.get_dag("tidal_incremental")
+    steps = set(INCREMENTAL.step_names)
+    edges = {(t.task_id, down) for t in dag.tasks for down in t.downstream_task_ids if t.task_id in steps and down in steps}
+    assert edges == INCREMENTAL.edges()
+    assert dag.get_task(INCREMENTAL.guard_name).downstream_task_ids == {s.name for s in INCREMENTAL.steps if not s.upstream()}
+    for step in INCREMENTAL.steps:
+        task = dag.get_task(step.name)
+        assert (task.pool == "tidal_model") is step.model_pool
+        if step.retries is not None:
+            assert task.retries == step.retries
