@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         results = drain_outbox(settings, force=True)
         print(json.dumps(results, indent=2))
         return 0 if all(r["status"] == "pushed" for r in results) else 1
-    if args.version:
+    if args.version is not None:
         if not VERSION_PATTERN.fullmatch(args.version):
             print(f"tidal version: --version {args.version!r} is not a version id; give one such as v000003 "
                   "(`tidal registry list` shows them)", file=sys.stderr)

@@ -53,3 +53,13 @@ def test_a_run_that_promoted_nothing_pushes_nothing(tidal_env, s3_env):
     settings = tidal_env()
     summary = run_version(settings, "no-promotion", StorageLayout(settings.home).ensure().run_reports("x"))
     assert summary["status"] == "skipped" and remote_objects(s3_env) == []
+
+
+@pytest.mark.parametrize("bad", ["../x", "v1", "v0000001", "/etc/passwd", ""])
+def test_a_version_that_is_not_a_version_id_is_refused_before_dvc_runs(bad, tidal_env, capsys):
+    from jobs.release.version import main
+
+    settings = tidal_env()
+    assert main(["--version", bad]) == 2
+    assert "is not a version id; give one such as v000003" in capsys.readouterr().err
+    assert not (settings.home / ".dvc").exists()
