@@ -87,3 +87,12 @@ def sort_by_time(interactions: pd.DataFrame) -> pd.DataFrame:
     """Stable sort on timestamp: ties keep file order, as the protocol requires."""
     order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
     return interactions.iloc[order].reset_index(drop=True)
+
+
+def event_ages(timestamps) -> np.ndarray:
+    """Age of each event in events, the stream's own clock: how many of the given events are newer (ties: a
+    later row is newer). (n,) -> (n,) float."""
+    order = np.argsort(np.asarray(timestamps, dtype=float), kind="stable")
+    ages = np.empty(len(order), dtype=float)
+    ages[order] = np.arange(len(order) - 1, -1, -1, dtype=float)
+    return ages

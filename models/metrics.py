@@ -37,10 +37,21 @@ def ndcg_at_k(ranked: Sequence[str], truth: set[str], k: int = 10) -> float:
 
 
 def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best columns per row, best first; ties keep candidate order (stable sort)."""
-    # (U, I) -> (U, k). A stable argsort of the negated scores keeps the earlier candidate on ties, so a
-    # constant scorer is deterministic. -inf (excluded) sorts last.
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    """Indices of the k best columns per row, best first; ties keep candidate order (stable sort).
+
+    (U, I) -> (U, min(k, I)). Equal to `np.argsort(-scores, axis=1, kind="stable")[:, :k]`, without sorting
+    whole rows: everything at least as good as the row's k-th best value is sorted, stably, and cut to k.
+    -inf (excluded) sorts last."""
+    neg = -scores
+    k = min(k, scores.shape[1])
+    if k == 0 or scores.shape[1] <= 4 * k:
+        return np.argsort(neg, axis=1, kind="stable")[:, :k]
+    kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]                    # (U, 1)
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    for row in range(scores.shape[0]):
+        pool = np.flatnonzero(neg[row] <= kth[row, 0])                     # ascending: candidate order
+        out[row] = pool[np.argsort(neg[row, pool], kind="stable")[:k]]
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,42 @@ def prepare_window(history: pd.DataFrame, window: pd.DataFrame, k: int = 10) -> 
             truths.append(truth)
             excluded.append(np.fromiter((cand_index[i] for i in seen), dtype=np.int64, count=len(seen)))
     return WindowTask(users=users, candidates=candidates, excluded=excluded, truths=truths, k=k)
+
+
+def _task_masks(task: WindowTask) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per task, once: excluded (U, I) bool, truth on the candidates (U, I) bool, |truth| (U,) and the ideal
+    DCG (U,)."""
+    cached = getattr(task, "_masks", None)
+    if cached is None:
+        n_u, n_i = len(task.users), len(task.candidates)
+        excluded = np.zeros((n_u, n_i), dtype=bool)
+        truth = np.zeros((n_u, n_i), dtype=bool)
+        index = {item: j for j, item in enumerate(task.candidates)}
+        for row, (ex, items) in enumerate(zip(task.excluded, task.truths)):
+            excluded[row, ex] = True
+            truth[row, [index[i] for i in items if i in index]] = True
+        sizes = np.array([len(t) for t in task.truths], dtype=float)
+        discounts = 1.0 / np.log2(np.arange(task.k) + 2.0)
+        ideal = np.array([discounts[: min(task.k, len(t))].sum() for t in task.truths])
+        cached = (excluded, truth, sizes, ideal)
+        object.__setattr__(task, "_masks", cached)
+    return cached
+
+
+def evaluate_scores_fast(scores: np.ndarray, task: WindowTask) -> dict:
+    """`evaluate_scores` vectorized over users, for scoring many weightings of the same terms; agrees with it
+    up to floating-point summation order (tests/models/test_metrics.py)."""
+    k = task.k
+    if not task.users:
+        return {f"recall_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan"), "users": 0}
+    excluded, truth, sizes, ideal = _task_masks(task)
+    scores = np.where(np.isfinite(scores) & ~excluded, scores, -np.inf)
+    top = _top_k_rows(scores, k)                                                  # (U, k)
+    rows = np.arange(len(task.users))[:, None]
+    hits = truth[rows, top] & np.isfinite(scores[rows, top])                      # (U, k)
+    recall = hits.sum(1) / sizes
+    ndcg = (hits / np.log2(np.arange(top.shape[1]) + 2.0)).sum(1) / ideal
+    return {f"recall_at_{k}": float(recall.mean()), f"ndcg_at_{k}": float(ndcg.mean()), "users": len(task.users)}
 
 
 def evaluate_scores(scores: np.ndarray, task: WindowTask) -> dict:

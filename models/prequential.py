@@ -13,20 +13,23 @@ Strategies (names are the report's keys):
     incremental_reset_5    fine-tune on each window, replaced by a full retrain every 5 windows (the
                            platform's default policy; the anchor is the last full retrain)
     popularity_recent      items by their count over the last max(1, floor(0.1 n)) of the n events seen
-    blend                  the incremental_reset_5 model blended with its anchor (z-scored scores); the blend
-                           weight for a window is the one that scored best on the previous window, the
-                           freshest slice already seen, using the models as they were when it arrived
+    blend                  the model's two stream-decayed terms alone, no factorization: z(EASE) + w z(log pop),
+                           refit on everything seen before each window
+
+Every model strategy scores z(mf) + a z(EASE) + w z(log pop_h) (models/recommender.py) and chooses (a, h, w)
+online, as production does with `models.recommender.observe`: window w is scored with the cell whose
+forgetting-weighted recall on the windows before w was best; only then does window w join the evidence.
 
 How the replay is computed (every step is a function below, run as independent tasks on `workers`
 processes; the numbers do not depend on the number of processes):
-    full_retrain_step(w)    train the full retrain before window w on everything before it, and score it
-                            where a strategy uses it (retrain_every_window at w; retrain_every_5 and static
-                            on the windows they serve)
+    full_retrain_step(w)    train the full retrain before window w on everything before it, and score its
+                            weight grid where a strategy uses it (retrain_every_window at w; retrain_every_5
+                            and static on the windows they serve)
     incremental_chain()     from the warm-up model: score window w, fine-tune on it, for every w
-    reset_segment(s)        from the full retrain before window 5s: the reset chain and the blend's grid
-                            over windows 5s .. 5s+4
+    reset_segment(s)        from the full retrain before window 5s: the reset chain over windows 5s .. 5s+4
     popularity_step()       the baseline (it has no seed, so it runs once)
-    assemble_seed()         the per-strategy means, costs and the blend's weight path
+    blend_step()            EASE + popularity (no seed either)
+    assemble_seed()         the online choice of weights (`choose_online`), per-strategy means and costs
 
 Full retrains at the same point on the same data are the same model (same seed), so each is trained once and
 shared; each strategy is charged the CPU of every training it relies on, the warm-up included.
@@ -48,9 +51,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.data import sort_by_time
+from models.data import event_ages, sort_by_time
+from models.ease import DecayedEASE
 from models.metrics import WindowTask, evaluate_scores, prepare_window, score_task
-from models.recommender import Checkpoint, TrainConfig, train
+from models.recommender import (Checkpoint, TrainConfig, ease_weights, ease_z, grid_metrics, popularity_counts,
+                                popularity_half_life_shares, popularity_weights, popularity_z, select, train,
+                                update_selection)
 
 STRATEGIES = ("static", "retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5",
               "popularity_recent", "blend")
@@ -65,7 +71,6 @@ class Protocol:
     k: int = 10
     reset_every: int = 5
     popularity_fraction: float = 0.1
-    blend_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)   # weight of the incremental model
     seeds: tuple[int, ...] = (0, 1, 2)
     workers: int = 2                                               # processes running the replay's tasks
     torch_threads: int = 1                                         # per process
@@ -88,31 +93,6 @@ class RecentPopularity:
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         row = self.counts.reindex(list(item_ids)).fillna(0.0).to_numpy(dtype=float)  # (I,)
         return np.broadcast_to(row, (len(user_ids), len(row))).copy()
-
-
-def _zscore_rows(scores: np.ndarray) -> np.ndarray:
-    sd = scores.std(axis=1, keepdims=True)
-    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
-
-
-class Blend:
-    """alpha * z(first) + (1 - alpha) * z(second), z-scored per user over the candidates asked for."""
-
-    def __init__(self, first, second, alpha: float):
-        self.first, self.second, self.alpha = first, second, float(alpha)
-
-    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        a = _zscore_rows(np.asarray(self.first.score(user_ids, item_ids), dtype=float))
-        if self.alpha == 1.0 or self.second is self.first:
-            return a
-        b = _zscore_rows(np.asarray(self.second.score(user_ids, item_ids), dtype=float))
-        return mix(a, b, self.alpha)
-
-
-def mix(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
-    """The blend of two z-scored matrices (the arithmetic `Blend.score` does, shared so a grid of weights
-    scores each model once)."""
-    return a if alpha == 1.0 else alpha * a + (1.0 - alpha) * b
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -161,6 +141,12 @@ class Replay:
     def evaluate(self, model, w: int) -> dict:
         return evaluate_scores(self.scores(model, w), self.task(w))
 
+    def grid(self, model: Checkpoint, w: int) -> dict:
+        """Every cell of the model's weight grid scored on window w (`models.recommender.grid_metrics`)."""
+        task = self.task(w)
+        parts = model.score_parts(task.users, task.candidates) if task.users else None
+        return grid_metrics(parts, task, self.cfg)
+
     def config(self, seed: int) -> TrainConfig:
         return dataclasses.replace(self.cfg, seed=seed)
 
@@ -203,22 +189,22 @@ def _accept(result, what: str) -> Checkpoint:
 # ----- the steps --------------------------------------------------------------------------------------------
 
 def full_retrain_step(seed: int, w: int) -> dict:
-    """The full retrain before window w, scored on every window a strategy uses it for. Returns its metrics
-    by strategy and window, its training cost, and the checkpoint itself where a chain starts from it."""
+    """The full retrain before window w, scored (every cell of its weight grid) on every window a strategy
+    uses it for. Returns its grids by strategy and window, its training cost, and the checkpoint itself where a
+    chain starts from it."""
     rp = _REPLAY
     reset = rp.protocol.reset_every
     result = train(rp.seen(w), cfg=rp.config(seed), items=rp.items)
     model = _accept(result, f"full retrain before window {w}")
-    metrics: dict[str, dict[int, dict]] = {"retrain_every_window": {w: rp.evaluate(model, w)}}
+    grids: dict[str, dict[int, dict]] = {"retrain_every_window": {w: rp.grid(model, w)}}
     if w % reset == 0:
-        metrics["retrain_every_5"] = {v: (metrics["retrain_every_window"][w] if v == w else rp.evaluate(model, v))
-                                      for v in range(w, min(w + reset, rp.n_windows))}
+        grids["retrain_every_5"] = {v: (grids["retrain_every_window"][w] if v == w else rp.grid(model, v))
+                                    for v in range(w, min(w + reset, rp.n_windows))}
     if w == 0:
-        metrics["static"] = {v: (metrics["retrain_every_window"][0] if v == 0 else
-                                 metrics["retrain_every_5"].get(v) or rp.evaluate(model, v))
-                             for v in range(rp.n_windows)}
-    return {"metrics": metrics, "cost": {"cpu": result.train_cpu_s, "wall": result.wall_s},
-            "loss": result.losses[-1] if result.losses else float("nan"),
+        grids["static"] = {v: (grids["retrain_every_window"][0] if v == 0 else
+                               grids["retrain_every_5"].get(v) or rp.grid(model, v))
+                           for v in range(rp.n_windows)}
+    return {"grids": grids, "cost": {"cpu": result.train_cpu_s, "wall": result.wall_s},
             "checkpoint": model.to_dict() if w % reset == 0 else None}
 
 
@@ -227,9 +213,9 @@ def incremental_chain(seed: int, warm: dict) -> dict:
     rp = _REPLAY
     cfg = rp.config(seed)
     anchor = model = Checkpoint.from_dict(warm)
-    cost, metrics, rejected = _Cost(), {}, []
+    cost, grids, rejected = _Cost(), {}, []
     for w in range(rp.n_windows):
-        metrics[w] = rp.evaluate(model, w)
+        grids[w] = rp.grid(model, w)
         if w + 1 == rp.n_windows:
             break  # nothing is evaluated after the last window, so nothing trains on it
         result = train(rp.window(w), cfg=cfg, init_from=model, anchor=anchor, replay=rp.seen(w), items=rp.items)
@@ -238,46 +224,26 @@ def incremental_chain(seed: int, warm: dict) -> dict:
             model = result.checkpoint
         else:
             rejected.append(w)
-    return {"metrics": {"incremental": metrics}, "cost": cost.as_dict(), "rejected": rejected}
+    return {"grids": {"incremental": grids}, "cost": cost.as_dict(), "rejected": rejected}
 
 
 def reset_segment(seed: int, s: int, start_model: dict) -> dict:
-    """incremental_reset_5 and the blend's grid over the windows of reset segment s (5s .. 5s+4), starting
-    from the full retrain before window 5s. The blend's weight path is chosen later (`assemble_seed`): a
-    segment's first weight comes from the segment before it."""
+    """incremental_reset_5 over the windows of reset segment s (5s .. 5s+4), starting from the full retrain
+    before window 5s (its anchor)."""
     rp = _REPLAY
-    cfg, reset, grid_alphas = rp.config(seed), rp.protocol.reset_every, rp.protocol.blend_grid
+    cfg, reset = rp.config(seed), rp.protocol.reset_every
     anchor = chain = Checkpoint.from_dict(start_model)
-    chain_cost, blend_eval_cost = _Cost(), _Cost()
-    metrics, grids, is_anchor = {}, {}, {}
+    cost, grids = _Cost(), {}
     windows = range(reset * s, min(reset * (s + 1), rp.n_windows))
     for w in windows:
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        scores = rp.scores(chain, w)
-        metrics[w] = evaluate_scores(scores, rp.task(w))
-        chain_cost_eval = (time.process_time() - cpu0, time.perf_counter() - wall0)
-        # The blend's grid: each model scored once, every weight from the same two matrices.
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        if scores is None:
-            grids[w] = {a: metrics[w] for a in grid_alphas}
-        else:
-            first = _zscore_rows(scores)
-            second = first if chain is anchor else _zscore_rows(rp.scores(anchor, w))
-            grids[w] = {a: evaluate_scores(first if chain is anchor else mix(first, second, a), rp.task(w))
-                        for a in grid_alphas}
-        blend_eval_cost.add_since(cpu0, wall0)
-        # The old harness charged the blend for scoring its chain model as well.
-        blend_eval_cost.cpu += chain_cost_eval[0]
-        blend_eval_cost.wall += chain_cost_eval[1]
-        is_anchor[w] = chain is anchor
+        grids[w] = rp.grid(chain, w)
         if w + 1 == windows.stop or w + 1 == rp.n_windows:
             break  # the next window starts from a full retrain (or there is none)
         result = train(rp.window(w), cfg=cfg, init_from=chain, anchor=anchor, replay=rp.seen(w), items=rp.items)
-        chain_cost.add_result(result)
+        cost.add_result(result)
         if result.finite:
             chain = result.checkpoint
-    return {"metrics": {"incremental_reset_5": metrics}, "grids": grids, "is_anchor": is_anchor,
-            "cost": chain_cost.as_dict(), "blend_eval_cost": blend_eval_cost.as_dict()}
+    return {"grids": {"incremental_reset_5": grids}, "cost": cost.as_dict()}
 
 
 def popularity_step() -> dict:
@@ -292,44 +258,64 @@ def popularity_step() -> dict:
     return {"metrics": {"popularity_recent": metrics}, "cost": cost.as_dict()}
 
 
-def blend_path(grids: dict[int, dict[float, dict]], is_anchor: dict[int, bool], grid_alphas: Sequence[float]
-               ) -> tuple[list[float], list[dict]]:
-    """The blend's weight per window and its metrics: window w uses the weight that scored best on window
-    w - 1 (highest recall; ties go to the larger weight on the fresher model), starting at 1.0; a window whose
-    chain is its anchor (just reset) tells nothing about the weight, so it keeps the previous one."""
-    alpha, alphas, rows = 1.0, [], []
+def blend_step() -> dict:
+    """The model's two stream-decayed terms without the factorization: z(EASE) and z(log-popularity), refit
+    on everything seen before each window, weights chosen online like every model's. It has no seed."""
+    rp = _REPLAY
+    cfg = rp.cfg
+    cost, grids = _Cost(), {}
+    for w in range(rp.n_windows):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        seen, task = rp.seen(w), rp.task(w)
+        n = len(seen)
+        ease = DecayedEASE.fit(seen, half_life=cfg.ease_half_life_share * n, l2_share=cfg.ease_l2_share,
+                               max_items=cfg.ease_max_items)
+        vocab = pd.unique(seen["item_id"]).tolist()
+        index = {item: j for j, item in enumerate(vocab)}
+        counts = popularity_counts(torch.tensor(seen["item_id"].map(index).to_numpy(dtype=np.int64)),
+                                   event_ages(seen["timestamp"].to_numpy(dtype=float)), len(vocab), n, cfg)
+        zpop, _ = popularity_z(counts)
+        cols = torch.tensor([index[i] for i in task.candidates], dtype=torch.long)
+        parts = (np.zeros((len(task.users), len(task.candidates))), ease_z(ease, len(vocab), task.users,
+                 task.candidates), zpop[:, cols].double().numpy())
+        cost.add_since(cpu0, wall0)
+        grids[w] = grid_metrics(parts, task, cfg)
+    return {"grids": {"blend": grids}, "cost": cost.as_dict()}
+
+
+def choose_online(grids: dict[int, dict], cfg: TrainConfig) -> tuple[list[dict], list[tuple[int, int, int]]]:
+    """A strategy's metrics when its weights are chosen online: window w is scored with the cell that
+    `models.recommender.select` picks from the evidence of windows before w (what `observe` accumulates in
+    production); then window w's own grid joins the evidence."""
+    evidence, rows, choices = None, [], []
     for w in sorted(grids):
         grid = grids[w]
-        rows.append(grid[alpha])
-        alphas.append(alpha)
-        if not is_anchor[w] and grid[grid_alphas[0]]["users"] > 0:
-            alpha = max(grid_alphas, key=lambda a: (grid[a]["recall_at_10"], a))
-    return alphas, rows
+        cell = select(evidence, cfg)
+        choices.append(cell)
+        rows.append({"recall_at_10": float(grid["recall"][cell]), "ndcg_at_10": float(grid["ndcg"][cell]),
+                     "users": grid["users"]})
+        if grid["users"]:
+            evidence = update_selection(evidence, grid["recall"] * grid["users"], cfg.selection_forgetting)
+    return rows, choices
 
 
-def assemble_seed(parts: list[dict], n_windows: int, protocol: Protocol) -> dict:
-    """One seed's report from its steps' results: per strategy the window metrics, their means and the
-    training CPU of everything the strategy relies on."""
+def assemble_seed(parts: list[dict], n_windows: int, protocol: Protocol, cfg: TrainConfig) -> dict:
+    """One seed's report from its steps' results: per strategy the window metrics (weights chosen online),
+    their means and the training CPU of everything the strategy relies on."""
     reset = protocol.reset_every
-    per_window: dict[str, dict[int, dict]] = {name: {} for name in STRATEGIES}
+    grids: dict[str, dict[int, dict]] = {name: {} for name in STRATEGIES}
+    per_window: dict[str, dict[int, dict]] = {}
     retrain_cost: dict[int, dict] = {}
     cost = {name: _Cost() for name in STRATEGIES}
-    grids, is_anchor = {}, {}
     for part in parts:
-        for name, rows in part["metrics"].items():
-            per_window[name].update(rows)
+        for name, rows in part.get("grids", {}).items():
+            grids[name].update(rows)
+        for name, rows in part.get("metrics", {}).items():
+            per_window[name] = rows
         if "retrain_w" in part:
             retrain_cost[part["retrain_w"]] = part["cost"]
-        elif "grids" in part:
-            grids.update(part["grids"])
-            is_anchor.update(part["is_anchor"])
-            for name in ("incremental_reset_5", "blend"):
-                cost[name].cpu += part["cost"]["cpu"]
-                cost[name].wall += part["cost"]["wall"]
-            cost["blend"].cpu += part["blend_eval_cost"]["cpu"]
-            cost["blend"].wall += part["blend_eval_cost"]["wall"]
         else:
-            for name in part["metrics"]:
+            for name in list(part.get("grids", {})) + list(part.get("metrics", {})):
                 cost[name].cpu += part["cost"]["cpu"]
                 cost[name].wall += part["cost"]["wall"]
 
@@ -338,13 +324,16 @@ def assemble_seed(parts: list[dict], n_windows: int, protocol: Protocol) -> dict
             cost[name].cpu += retrain_cost[w]["cpu"]
             cost[name].wall += retrain_cost[w]["wall"]
 
-    charge(0, "static", "retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5", "blend")
+    charge(0, "static", "retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5")
     for w in range(1, n_windows):
         charge(w, "retrain_every_window")
         if w % reset == 0:
-            charge(w, "retrain_every_5", "incremental_reset_5", "blend")
-    alphas, blend_rows = blend_path(grids, is_anchor, protocol.blend_grid)
-    per_window["blend"] = dict(enumerate(blend_rows))
+            charge(w, "retrain_every_5", "incremental_reset_5")
+    choices = {}
+    for name in STRATEGIES:
+        if name not in per_window:
+            rows, choices[name] = choose_online(grids[name], cfg)
+            per_window[name] = dict(enumerate(rows))
 
     out = {}
     for name in STRATEGIES:
@@ -356,8 +345,15 @@ def assemble_seed(parts: list[dict], n_windows: int, protocol: Protocol) -> dict
             "train_wall_s": cost[name].wall,
             "per_window": rows,
         }
-    out["blend_alphas"] = alphas
+        if name in choices:
+            out[name]["weights_per_window"] = [_weights_of(cell, cfg) for cell in choices[name]]
     return out
+
+
+def _weights_of(cell: tuple[int, int, int], cfg: TrainConfig) -> dict:
+    a, g, w = cell
+    return {"ease": float(ease_weights(cfg)[a]), "pop_half_life_share": float(popularity_half_life_shares(cfg)[g]),
+            "pop": float(popularity_weights(cfg)[w])}
 
 
 # ----- scheduling -------------------------------------------------------------------------------------------
@@ -384,12 +380,14 @@ def _run_steps(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: Trai
             ready.append(((1e12 if unlocks else 0) + starts[w] * cfg.epochs, f"seed {s} retrain {w}",
                           full_retrain_step, (s, w)))
     ready.append((-1e12, "popularity", popularity_step, ()))
+    ready.append((1e12, "blend (EASE + popularity)", blend_step, ()))
     t0 = time.perf_counter()
 
     def finished(label: str, fn: Callable, args: tuple, result: dict) -> None:
-        if fn is popularity_step:
+        if fn in (popularity_step, blend_step):
             for s in seeds:
                 parts[s].append(result)
+            say(f"{label} done [{time.perf_counter() - t0:.0f}s]")
             return
         seed = args[0]
         if fn is full_retrain_step:
@@ -432,13 +430,13 @@ def _run_steps(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: Trai
                 for future in done:
                     label, fn, args = running.pop(future)
                     finished(label, fn, args, future.result())
-    return {s: assemble_seed(parts[s], n, protocol) for s in seeds}
+    return {s: assemble_seed(parts[s], n, protocol, cfg) for s in seeds}
 
 
 def run_seed(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: TrainConfig, protocol: Protocol,
              progress: Callable[[str], None] | None = None) -> dict:
     """One seed (`cfg.seed`) of the replay. Returns {NAME: {"recall_at_10", "ndcg_at_10", "train_cpu_s",
-    "train_wall_s", "per_window": [...]}} plus "blend_alphas" (the weight used per window)."""
+    "train_wall_s", "per_window": [...], "weights_per_window": [...] (models' online choice)}}."""
     say = progress or (lambda _msg: None)
     protocol = dataclasses.replace(protocol, seeds=(cfg.seed,))
     return _run_steps(interactions, items, cfg, protocol, say)[cfg.seed]
@@ -480,7 +478,9 @@ def run_prequential(interactions: pd.DataFrame, items: pd.DataFrame | None = Non
             "per_window": per_window,
             "per_seed": per_seed,
         }
-    strategies["blend"]["alphas_per_seed"] = {str(s): results[s]["blend_alphas"] for s in seeds}
+    for name in STRATEGIES:
+        if "weights_per_window" in results[seeds[0]][name]:
+            strategies[name]["weights_per_seed"] = {str(s): results[s][name]["weights_per_window"] for s in seeds}
     params = {**{k: v for k, v in asdict(cfg).items() if k != "seed"},
               **{f"protocol_{k}": (list(v) if isinstance(v, tuple) else v) for k, v in asdict(protocol).items()}}
     report = {"dataset": dataset, "events": int(len(interactions)), "params": params, "strategies": strategies,
@@ -489,18 +489,21 @@ def run_prequential(interactions: pd.DataFrame, items: pd.DataFrame | None = Non
     return report
 
 
+MODEL_STRATEGIES = ("retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5", "blend")
+
+
 def targets(strategies: dict) -> dict:
-    """The issue's three targets, evaluated on the seed means."""
+    """The targets of issues 3 and 11, evaluated on the seed means."""
     r = {name: strategies[name]["recall_at_10"] for name in STRATEGIES}
     c = {name: strategies[name]["train_cpu_s"] for name in STRATEGIES}
-    best = max(("incremental", "incremental_reset_5", "blend"), key=lambda n: r[n])
+    best = max(MODEL_STRATEGIES, key=lambda n: r[n])
     checks = {
         "incremental_vs_static_recall": (r["incremental"] / r["static"], 1.5, ">="),
         "incremental_vs_retrain_recall": (r["incremental"] / r["retrain_every_window"], 1.0, ">="),
         "incremental_vs_retrain_cpu": (c["incremental"] / c["retrain_every_window"], 0.10, "<="),
         "incremental_reset_5_vs_retrain_recall": (r["incremental_reset_5"] / r["retrain_every_window"], 0.97, ">="),
         "incremental_reset_5_vs_retrain_cpu": (c["incremental_reset_5"] / c["retrain_every_window"], 0.30, "<="),
-        f"best_model_({best})_vs_popularity_recall": (r[best] / r["popularity_recent"], 1.1, ">="),
+        f"best_model_({best})_vs_popularity_recall": (r[best] / r["popularity_recent"], 1.15, ">="),
     }
     return {name: {"ratio": float(v), "threshold": t, "met": bool(v >= t if op == ">=" else v <= t)}
             for name, (v, t, op) in checks.items()}

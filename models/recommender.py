@@ -7,15 +7,22 @@ never mutated, so a rejected candidate leaves production untouched.
 
 Score of user u for item i (see models/README.md for why this shape):
     mf(u, i)  = p_u . (e_i + mean_c g_c) + b_i + mean_c h_c          c over the item's categories
-    score     = z_u(mf(u, .))(i) + pop_weight * z(log1p(pop_i))
-where pop_i is an exponentially decayed interaction count (half-life `pop_half_life_days`) kept in the
-checkpoint and advanced by every fine-tune, and z(.) standardizes over the model's item vocabulary (per user
-for mf), so the two terms are on one scale and a score does not depend on which candidates are asked for.
-Unknown users get p_u = 0 (ranking by bias + popularity); unknown items get the content part only, the median
-item bias and zero popularity.
+    score     = z_u(mf(u, .))(i) + w * z(log1p(pop_h(i)))
+z(.) standardizes over the model's item vocabulary (per user for mf), so the two terms share one scale and a
+score does not depend on which candidates are asked for. Unknown users get p_u = 0 (ranking by bias +
+popularity); unknown items get the content part only, the median item bias and zero popularity.
+
+Nothing here depends on how many seconds the stream spans. Time is counted in events (the stream's own clock):
+- sample weights decay with an event's age in events, half-life `half_life_share` of the events learned so far;
+- pop_h is a decayed interaction count for each half-life h of a grid (shares of the events learned so far),
+  kept in the checkpoint and advanced by every fine-tune;
+- (h, w), the popularity term's half-life and weight, are chosen online (`observe` / `select`): every batch of
+  new events first scores the current model's grid of (h, w) on those events, before it is learned from, and
+  the pair with the best forgetting-weighted recall so far is the one `score` uses.
 
 Usage:
     result = train(events, cfg=TrainConfig())                       # full retrain
+    prod = observe(prod, history, new_events)                       # score (h, w) on new events first
     result = train(new_events, cfg=cfg, init_from=prod, anchor=anchor, replay=history_sample)   # fine-tune
     if result.finite: result.checkpoint.save("candidate.pt")
 """
@@ -36,8 +43,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
-_SECONDS_PER_DAY = 86400.0
+from models.data import event_ages
+from models.ease import DecayedEASE
+
+FORMAT_VERSION = 2
 # Parameters in a fixed order: the optimizer state is saved and restored by this order.
 _PARAM_NAMES = ("user", "item", "item_bias", "category", "category_bias")
 
@@ -45,13 +54,15 @@ _PARAM_NAMES = ("user", "item", "item_bias", "category", "category_bias")
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of the model and its training loop. Defaults are the fixed values the prequential
-    benchmark was run with (benchmarks/prequential/README.md); they are not tuned per dataset."""
+    benchmark was run with (benchmarks/prequential/README.md); they are not tuned per dataset. No field is in
+    seconds or days: decays are shares of the events learned so far, so a stream that is 30 times faster or
+    slower behaves the same."""
 
     dim: int = 64                      # embedding width
     epochs: int = 10                   # epochs of a full retrain
     lr: float = 0.01                   # Adam learning rate of a full retrain
     batch_size: int = 1024
-    half_life_days: float = 60.0       # sample-weight decay: an event this old counts half
+    half_life_share: float = 0.02      # sample weights: an event this share of the learned events old counts half
     replay_fraction: float = 1.0       # fine-tune: replay rows drawn per new row (0 disables replay)
     anchor_l2: float = 1e-4            # fine-tune: L2-SP strength toward the anchor's weights
     grad_clip: float = 5.0             # max global grad norm per step
@@ -61,9 +72,66 @@ class TrainConfig:
     init_std: float = 0.05             # std of new embedding rows
     finetune_epochs: int | None = 5    # fine-tune epochs (None: `epochs`)
     finetune_lr: float | None = None   # fine-tune learning rate (None: `lr`)
-    pop_half_life_days: float = 60.0   # half-life of the popularity prior's decayed counts
-    pop_weight: float = 1.0            # weight of the z-scored popularity prior in `score` (0 disables)
+    pop_share_min: float = 0.005       # popularity half-lives: `pop_shares` values, geometric from min to max,
+    pop_share_max: float = 0.25        #   as shares of the events learned so far
+    pop_shares: int = 6
+    pop_weight_max: float = 8.0        # popularity weights: 0 and `pop_weights` halvings down from the max
+    pop_weights: int = 6
+    ease_half_life_share: float = 0.05 # item-item term: an event this share of the learned events old counts half
+    ease_l2_share: float = 30.0        #   its ridge, times the mean diagonal of the Gram matrix
+    ease_max_items: int = 1000         #   items with a row (the most-interacted, decayed)
+    ease_weight_max: float = 8.0       #   its weights: 0 and `ease_weights` halvings down from the max
+    ease_weights: int = 4
+    selection_forgetting: float = 0.9  # per observed batch, old evidence for a choice of weights fades
     max_categories: int = 16           # categories kept per item (the first ones listed)
+
+
+def popularity_half_life_shares(cfg: TrainConfig) -> np.ndarray:
+    """The grid of popularity half-lives, shares of the learned events: (G,)."""
+    return np.geomspace(cfg.pop_share_min, cfg.pop_share_max, cfg.pop_shares)
+
+
+def _weight_grid(largest: float, halvings: int) -> np.ndarray:
+    return np.concatenate([[0.0], largest * 0.5 ** np.arange(halvings - 1, -1, -1)])
+
+
+def popularity_weights(cfg: TrainConfig) -> np.ndarray:
+    """The grid of popularity weights: 0, then halvings up to `pop_weight_max`: (W,)."""
+    return _weight_grid(cfg.pop_weight_max, cfg.pop_weights)
+
+
+def ease_weights(cfg: TrainConfig) -> np.ndarray:
+    """The grid of item-item (EASE) weights: 0, then halvings up to `ease_weight_max`: (A,)."""
+    return _weight_grid(cfg.ease_weight_max, cfg.ease_weights)
+
+
+def grid_shape(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(A, G, W): EASE weights x popularity half-lives x popularity weights."""
+    return len(ease_weights(cfg)), len(popularity_half_life_shares(cfg)), len(popularity_weights(cfg))
+
+
+def default_choice(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(EASE weight, popularity half-life, popularity weight) grid cell used before any batch was observed:
+    weights 1, the half-life nearest the sample weights' one."""
+    shares = popularity_half_life_shares(cfg)
+    return (int(np.argmin(np.abs(ease_weights(cfg) - 1.0))),
+            int(np.argmin(np.abs(np.log(shares / cfg.half_life_share)))),
+            int(np.argmin(np.abs(popularity_weights(cfg) - 1.0))))
+
+
+def select(selection: np.ndarray | None, cfg: TrainConfig) -> tuple[int, int, int]:
+    """The grid cell with the highest forgetting-weighted recall observed so far (first on ties); the default
+    before any evidence."""
+    if selection is None or not np.any(np.asarray(selection) > 0):
+        return default_choice(cfg)
+    return tuple(int(x) for x in np.unravel_index(int(np.argmax(np.asarray(selection))), grid_shape(cfg)))
+
+
+def update_selection(selection: np.ndarray | None, recall_sums: np.ndarray, forgetting: float) -> np.ndarray:
+    """Evidence after one more observed batch: old evidence times `forgetting` plus this batch's summed
+    per-user recall of every grid cell, (A, G, W)."""
+    old = np.zeros_like(recall_sums) if selection is None else np.asarray(selection, dtype=float)
+    return forgetting * old + recall_sums
 
 
 @dataclass
@@ -77,14 +145,14 @@ class TrainResult:
 
 
 class _Net(nn.Module):
-    """Parameter holder and the two item-side lookups; users are plain rows of `user`."""
+    """The model's parameters, its item-side lookups and its loss; users are plain rows of `user`."""
 
     def __init__(self, n_users: int, n_items: int, n_categories: int, dim: int, item_categories: torch.Tensor):
         super().__init__()
         self.user = nn.Parameter(torch.zeros(n_users, dim))               # (U, D)
         self.item = nn.Parameter(torch.zeros(n_items, dim))               # (I, D)
         self.item_bias = nn.Parameter(torch.zeros(n_items))               # (I,)
-        # Row 0 of the category tables is padding; its gradient is masked out in `_content`.
+        # Row 0 of the category tables is padding; its gradient is zeroed in `zero_padding_grads`.
         self.category = nn.Parameter(torch.zeros(n_categories + 1, dim))  # (C+1, D)
         self.category_bias = nn.Parameter(torch.zeros(n_categories + 1))  # (C+1,)
         self.register_buffer("item_categories", item_categories, persistent=False)  # (I, M), 0 = none
@@ -95,6 +163,31 @@ class _Net(nn.Module):
         self.register_buffer("membership", torch.sparse_coo_tensor(
             torch.stack([rows, item_categories[rows, slots]]), 1.0 / counts[rows],
             (n_items, n_categories + 1), check_invariants=False).coalesce(), persistent=False)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor,
+                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled softmax: each positive (users[b], items[b]) against the batch's shared negatives.
+
+        users, items, weights: (B,); negatives: (S,). Returns logits (B, 1+S), column 0 the positive, and the
+        weighted mean cross-entropy. A negative that is the row's own positive (an accidental hit) is masked."""
+        p = self.user[users]                                                # (B, D)
+        content = self.all_content()                                        # (I, D), (I,)
+        q_pos, b_pos = self.items(items, content)                           # (B, D), (B,)
+        q_neg, b_neg = self.items(negatives, content)                       # (S, D), (S,)
+        pos = (p * q_pos).sum(1) + b_pos                                    # (B,)
+        neg = p @ q_neg.T + b_neg                                           # (B, S)
+        neg = neg.masked_fill(negatives.unsqueeze(0) == items.unsqueeze(1), float("-inf"))
+        logits = torch.cat([pos.unsqueeze(1), neg], 1)                      # (B, 1+S)
+        loss = (weights * (torch.logsumexp(logits, 1) - pos)).mean()
+        return logits, loss
+
+    def l2_penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Sum of squares of the user and item rows a batch touches, per row of the batch."""
+        return (self.user[users].pow(2).sum() + self.item[items].pow(2).sum()) / len(users)
+
+    def zero_padding_grads(self) -> None:
+        self.category.grad[0] = 0.0  # the padding row stays zero
+        self.category_bias.grad[0] = 0.0
 
     def content(self, categories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean category vector and bias for rows of category ids: (N, M) -> (N, D), (N,)."""
@@ -118,15 +211,42 @@ class _Net(nn.Module):
         return self.item[idx] + vec[idx], self.item_bias[idx] + bias[idx]
 
 
+class _AnchorPenalty:
+    """L2-SP toward the anchor (the last full retrain): rows of user, item and category embeddings that the
+    anchor knows, mapped onto this model's vocabulary. Item biases are not anchored: they carry "what is popular
+    now", which must follow the stream; pinning them to the anchor's moment is what makes a stale model stale."""
+
+    def __init__(self, net: _Net, anchor: "Checkpoint | None", uidx: dict, iidx: dict, strength: float):
+        self.strength = strength
+        self.terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        if anchor is None or strength <= 0:
+            return
+        for name, own, theirs in (("user", uidx, anchor._user_ids), ("item", iidx, anchor._item_ids)):
+            pairs = [(own[x], j) for j, x in enumerate(theirs) if x in own]
+            if pairs:
+                mine, src = map(torch.tensor, zip(*pairs))
+                self.terms.append((getattr(net, name), mine, anchor.weights[name][src].clone()))
+        shared = min(net.category.shape[0], anchor.weights["category"].shape[0])
+        self.terms.append((net.category, torch.arange(shared), anchor.weights["category"][:shared].clone()))
+
+    def __call__(self) -> torch.Tensor:
+        total = torch.zeros(())
+        for param, rows, target in self.terms:
+            total = total + (param[rows] - target).pow(2).sum()
+        return self.strength * total
+
+
 class Checkpoint:
-    """Model arguments + id vocabularies + weights + optimizer state + popularity prior.
+    """Model arguments + id vocabularies + weights + optimizer state + popularity prior + the online choice of
+    the popularity term.
 
     Plain tensors, lists and numbers only, so `torch.load(weights_only=True)` restores it.
     """
 
     def __init__(self, *, config: dict, user_ids: list[str], item_ids: list[str], categories: list[str],
                  catalog_ids: list[str], catalog_categories: torch.Tensor, weights: dict[str, torch.Tensor],
-                 optimizer: dict | None, popularity: torch.Tensor, trained_until: float, lineage: dict | None = None):
+                 optimizer: dict | None, popularity: torch.Tensor, trained_until: float, events_seen: int,
+                 selection: torch.Tensor | None = None, ease: dict | None = None, lineage: dict | None = None):
         self.config = dict(config)                  # TrainConfig as a dict: rebuilds the exact model
         self._user_ids = list(user_ids)
         self._item_ids = list(item_ids)
@@ -135,8 +255,11 @@ class Checkpoint:
         self.catalog_categories = catalog_categories  # (N_catalog, M) long, 0 = padding
         self.weights = weights                      # name -> tensor, see _PARAM_NAMES
         self.optimizer = optimizer                  # Adam state_dict (or None)
-        self.popularity = popularity                # (I,) decayed counts as of `trained_until`
+        self.popularity = popularity                # (G, I) decayed counts, one row per grid half-life
         self.trained_until = float(trained_until)   # newest event timestamp learned from (unix s)
+        self.events_seen = int(events_seen)         # events learned from so far: the stream's clock
+        self.selection = selection                  # (A, G, W) evidence for each choice of weights, or None
+        self.ease = DecayedEASE.from_dict(ease) if ease is not None else DecayedEASE.empty()  # item-item term
         self.lineage = dict(lineage or {})          # e.g. {"mode": "finetune", "examples": ...}
         self._user_index = {u: j for j, u in enumerate(self._user_ids)}
         self._item_index = {i: j for j, i in enumerate(self._item_ids)}
@@ -157,6 +280,27 @@ class Checkpoint:
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.config)
 
+    @property
+    def choice(self) -> tuple[int, int, int]:
+        """The (EASE weight, popularity half-life, popularity weight) grid cell `score` uses."""
+        return select(None if self.selection is None else self.selection.numpy(), self.train_config)
+
+    def terms(self) -> dict:
+        """The weights `score` uses, in words (for logs and the registry's metadata)."""
+        cfg, (a, g, w) = self.train_config, self.choice
+        return {"ease_weight": float(ease_weights(cfg)[a]),
+                "pop_half_life_share": float(popularity_half_life_shares(cfg)[g]),
+                "pop_half_life_events": float(popularity_half_life_shares(cfg)[g] * self.events_seen),
+                "pop_weight": float(popularity_weights(cfg)[w]), "observed": self.selection is not None}
+
+    def with_selection(self, selection: np.ndarray) -> "Checkpoint":
+        """The same model with new evidence for the popularity term (weights shared, not copied)."""
+        state = self.to_dict()
+        state["selection"] = torch.as_tensor(np.asarray(selection, dtype=np.float64))
+        out = Checkpoint.from_dict(state)
+        out._net, out._vocab_cache, out.ease = self._net, self._vocab_cache, self.ease
+        return out
+
     # ----- persistence --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -164,18 +308,21 @@ class Checkpoint:
             "item_ids": self._item_ids, "categories": self.categories, "catalog_ids": self.catalog_ids,
             "catalog_categories": self.catalog_categories, "weights": self.weights,
             "optimizer": self.optimizer, "popularity": self.popularity, "trained_until": self.trained_until,
+            "events_seen": self.events_seen, "selection": self.selection, "ease": self.ease.to_dict(),
             "lineage": self.lineage,
         }
 
     @classmethod
     def from_dict(cls, state: dict) -> "Checkpoint":
         if state.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r} (this code reads "
+                             f"{FORMAT_VERSION}; retrain to upgrade)")
         return cls(config=state["config"], user_ids=state["user_ids"], item_ids=state["item_ids"],
                    categories=state["categories"], catalog_ids=state["catalog_ids"],
                    catalog_categories=state["catalog_categories"], weights=state["weights"],
                    optimizer=state["optimizer"], popularity=state["popularity"],
-                   trained_until=state["trained_until"], lineage=state.get("lineage"))
+                   trained_until=state["trained_until"], events_seen=state["events_seen"],
+                   selection=state.get("selection"), ease=state.get("ease"), lineage=state.get("lineage"))
 
     def save(self, path: str | Path) -> None:
         """Atomic write: a temp file in the target directory, then os.replace (readers never see half a file)."""
@@ -208,27 +355,28 @@ class Checkpoint:
         return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     def _vocab_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Vectors (I, D), biases (I,) and log-popularity (I,) of the whole vocabulary, computed once per
-        checkpoint (a checkpoint's weights never change after it is built)."""
+        """Vectors (I, D), biases (I,) and z-scored log-popularity (G, I) of the whole vocabulary, computed
+        once per checkpoint (a checkpoint's weights never change after it is built)."""
         if self._vocab_cache is None:
             net = self.net()
             with torch.no_grad():
                 vec, bias = net.items(torch.arange(len(self._item_ids)))
-                self._vocab_cache = (vec, bias, torch.log1p(self.popularity), net.item_bias.median()
-                                     if len(self._item_ids) else torch.tensor(0.0))
+                zpop, cold_zpop = popularity_z(self.popularity)
+                median = net.item_bias.median() if len(self._item_ids) else torch.tensor(0.0)
+                self._vocab_cache = (vec, bias, zpop, cold_zpop, median)
         return self._vocab_cache[:3]
 
     def _item_side(self, item_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Vectors (I, D), biases (I,) and log-popularity (I,) for any items, known or not."""
+        """Vectors (I, D), biases (I,) and z-scored log-popularity (G, I) for any items, known or not."""
         net = self.net()
         known = np.array([self._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
         is_known = torch.from_numpy(known >= 0)
         idx = torch.from_numpy(np.where(known >= 0, known, 0))
-        all_vec, all_bias, all_logpop = self._vocab_side()
+        all_vec, all_bias, all_zpop = self._vocab_side()
         with torch.no_grad():
-            vec, bias = all_vec[idx], all_bias[idx]
+            vec, bias, zpop = all_vec[idx], all_bias[idx], all_zpop[:, idx]
             if bool(is_known.all()):
-                return vec, bias, all_logpop[idx]
+                return vec, bias, zpop
             # Unknown items: content from the catalog (zero if absent), the median bias as a neutral prior.
             cat_rows = np.array([self._catalog_index.get(i, -1) for i in item_ids], dtype=np.int64)
             cats = torch.zeros(len(item_ids), self.catalog_categories.shape[1], dtype=torch.long)  # (I, M)
@@ -236,11 +384,11 @@ class Checkpoint:
             if bool(has.any()):
                 cats[has] = self.catalog_categories[torch.from_numpy(cat_rows[cat_rows >= 0])]
             cold_vec, cold_bias = net.content(cats)
-            median_bias = self._vocab_cache[3]
+            cold_zpop, median_bias = self._vocab_cache[3], self._vocab_cache[4]
             vec = torch.where(is_known.unsqueeze(1), vec, cold_vec)
             bias = torch.where(is_known, bias, cold_bias + median_bias)
-            logpop = torch.where(is_known, all_logpop[idx], torch.zeros(len(item_ids)))
-        return vec, bias, logpop
+            zpop = torch.where(is_known.unsqueeze(0), zpop, cold_zpop.unsqueeze(1))
+        return vec, bias, zpop
 
     def _user_side(self, user_ids: Sequence[str]) -> torch.Tensor:
         net = self.net()
@@ -250,23 +398,33 @@ class Checkpoint:
             vec = net.user[idx]                                             # (U, D)
             return torch.where(torch.from_numpy(known >= 0).unsqueeze(1), vec, torch.zeros_like(vec))
 
-    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """Scores (U, I) as float64; unknown users and items get cold-start scores."""
+    def score_parts(self, user_ids: Sequence[str], item_ids: Sequence[str]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three terms of `score`: z-scored mf (U, I), z-scored EASE (U, I) and z-scored log-popularity for
+        every grid half-life (G, I). Each is standardized over the whole vocabulary, not over the candidates
+        asked for, so a score is a function of (user, item) alone."""
         users = self._user_side(user_ids)                                   # (U, D)
-        vec, bias, logpop = self._item_side(item_ids)                       # (I, D), (I,), (I,)
+        vec, bias, zpop = self._item_side(item_ids)                         # (I, D), (I,), (G, I)
+        if not self._item_ids:
+            zeros = np.zeros((len(user_ids), len(item_ids)))
+            return zeros, zeros.copy(), zpop.double().numpy()
         with torch.no_grad():
             raw = users @ vec.T + bias                                      # (U, I)
-            pop_weight = float(self.config.get("pop_weight", 0.0))
-            if pop_weight == 0.0 or not self._item_ids:
-                return raw.double().numpy()
-            # Standardize over the whole vocabulary, not over the candidates asked for, so a score is a
-            # function of (user, item) alone.
-            all_vec, all_bias, all_logpop = self._vocab_side()
+            all_vec, all_bias, _ = self._vocab_side()
             full = users @ all_vec.T + all_bias                             # (U, I_vocab)
             mu, sd = full.mean(1, keepdim=True), full.std(1, keepdim=True).clamp(min=1e-6)
-            pmu, psd = all_logpop.mean(), all_logpop.std().clamp(min=1e-6)
-            out = (raw - mu) / sd + pop_weight * (logpop - pmu) / psd
-        return out.double().numpy()
+            zmf = ((raw - mu) / sd).double().numpy()
+        return zmf, self._ease_z(user_ids, item_ids), zpop.double().numpy()
+
+    def _ease_z(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        return ease_z(self.ease, len(self._item_ids), user_ids, item_ids)
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """Scores (U, I) as float64: z(mf) + a * z(EASE) + w * z(log-popularity at half-life h), with
+        (a, h, w) = `choice`; unknown users and items get cold-start scores."""
+        zmf, zease, zpop = self.score_parts(user_ids, item_ids)
+        cfg, (a, g, w) = self.train_config, self.choice
+        return combine(zmf, zease, zpop[g], float(ease_weights(cfg)[a]), float(popularity_weights(cfg)[w]))
 
     def recommend(self, user_ids: Sequence[str], k: int, *, candidates: Sequence[str] | None = None,
                   exclude: Mapping[str, set[str]] | None = None) -> list[list[str]]:
@@ -284,6 +442,42 @@ class Checkpoint:
         return [[cand[j] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(top)]
 
 
+def popularity_z(popularity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decayed counts (G, I) -> z-scored log-counts over the items (G, I), and the z of a count of 0 (G,).
+    Counts are rescaled to mean 1 before the log, so the term's shape does not depend on the half-life (short
+    half-lives have small counts)."""
+    pop = popularity.double()
+    logpop = torch.log1p(pop / pop.mean(1, keepdim=True).clamp(min=1e-12))
+    mu, sd = logpop.mean(1, keepdim=True), logpop.std(1, keepdim=True).clamp(min=1e-6)
+    return ((logpop - mu) / sd).float(), (-mu / sd).squeeze(1).float()
+
+
+def ease_z(ease: DecayedEASE, n_vocab: int, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+    """EASE scores (U, I) standardized per user over a vocabulary of `n_vocab` items, of which the modelled
+    ones score x_u B and the rest 0."""
+    if not ease.item_ids:
+        return np.zeros((len(user_ids), len(item_ids)))
+    modelled = ease.user_scores(user_ids).astype(np.float64)               # (U, N)
+    n_vocab, n = max(n_vocab, len(ease.item_ids)), len(ease.item_ids)
+    mu = modelled.sum(1, keepdims=True) / n_vocab
+    var = ((modelled - mu) ** 2).sum(1, keepdims=True) + (n_vocab - n) * mu ** 2
+    sd = np.sqrt(var / max(n_vocab - 1, 1)).clip(min=1e-6)
+    cols = np.array([ease._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
+    raw = np.zeros((len(user_ids), len(item_ids)))
+    raw[:, cols >= 0] = modelled[:, cols[cols >= 0]]
+    return (raw - mu) / sd
+
+
+def combine(zmf: np.ndarray, zease: np.ndarray, zpop: np.ndarray, ease_weight: float, pop_weight: float
+            ) -> np.ndarray:
+    """score = z(mf) + ease_weight * z(EASE) + pop_weight * z(log-popularity): (U, I), (U, I), (I,) -> (U, I).
+    One function for serving and for the online choice, so what is chosen is what is served."""
+    out = zmf + ease_weight * zease if ease_weight else zmf.copy()
+    if pop_weight:
+        out += pop_weight * zpop[None, :]
+    return out
+
+
 def _build_net(ckpt: Checkpoint) -> _Net:
     w = ckpt.weights
     dim = int(w["user"].shape[1])
@@ -299,12 +493,6 @@ def _build_net(ckpt: Checkpoint) -> _Net:
             getattr(net, name).copy_(w[name])
     return net
 
-
-# ----- training ---------------------------------------------------------------------------------------------
-
-def _decay(ages_s: np.ndarray, half_life_days: float) -> np.ndarray:
-    """0.5 ** (age / half-life); ages below zero (clock skew) count as fresh."""
-    return np.power(0.5, np.maximum(ages_s, 0.0) / (half_life_days * _SECONDS_PER_DAY))
 
 
 def _grow(old: torch.Tensor, rows: int, init: torch.Tensor | None = None) -> torch.Tensor:
@@ -357,80 +545,103 @@ def _extend_vocab(vocab: list[str], index: dict[str, int], values: np.ndarray) -
             vocab.append(v)
 
 
-def _sample_replay(replay: pd.DataFrame, n: int, t_ref: float, half_life_days: float,
+# ----- the stream's clock: ages in events ---------------------------------------------------------------------
+
+def _decay(ages: np.ndarray, half_life: float) -> np.ndarray:
+    """0.5 ** (age / half-life), both in events."""
+    return np.power(0.5, np.asarray(ages, dtype=float) / np.maximum(half_life, 1.0))
+
+
+def _sample_replay(replay: pd.DataFrame, n: int, offset: int, half_life: float,
                    rng: np.random.Generator) -> pd.DataFrame:
-    """`n` rows of earlier history, drawn without replacement with probability proportional to their
-    time-decayed weight, so the replay favors recent history but still reaches back."""
+    """`n` rows of earlier history, drawn without replacement with probability proportional to their decayed
+    weight (age = their age within the history + `offset`, the new events after them), so the replay
+    favors recent history but still reaches back."""
     if n <= 0 or replay is None or len(replay) == 0:
         return replay.iloc[:0] if replay is not None else pd.DataFrame(columns=["user_id", "item_id", "timestamp"])
     if n >= len(replay):
         return replay
-    p = _decay(t_ref - replay["timestamp"].to_numpy(dtype=float), half_life_days) + 1e-12
+    p = _decay(event_ages(replay["timestamp"].to_numpy(dtype=float)) + offset, half_life) + 1e-12
     pick = rng.choice(len(replay), size=n, replace=False, p=p / p.sum())
     return replay.iloc[np.sort(pick)]
 
 
-def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint | None = None,
-          anchor: Checkpoint | None = None, replay: pd.DataFrame | None = None,
-          items: pd.DataFrame | None = None, progress: Callable[[str], None] | None = None) -> TrainResult:
-    """Full retrain (`init_from=None`) or fine-tune (`init_from=checkpoint`); see the module docstring.
+def popularity_counts(items: torch.Tensor, ages: np.ndarray, n_items: int, events_seen: int,
+                      cfg: TrainConfig) -> torch.Tensor:
+    """Decayed counts (G, I) of events (item rows (n,), ages in events (n,)): each adds 0.5 ** (age / h) to its
+    item, one row per grid half-life h (a share of `events_seen`)."""
+    half_lives = popularity_half_life_shares(cfg) * events_seen                              # (G,)
+    pop = torch.zeros(len(half_lives), n_items, dtype=torch.float64)
+    for g, half_life in enumerate(half_lives):
+        pop[g].index_add_(0, items, torch.tensor(_decay(ages, half_life), dtype=torch.float64))
+    return pop
 
-    interactions: user_id (str), item_id (str), timestamp (float, unix s), optional weight (float).
-    anchor: L2-SP target (the last full retrain); rows it lacks are not pulled anywhere.
-    replay: earlier history; a fine-tune mixes in `replay_fraction * len(interactions)` rows of it.
-    items: item metadata (item_id, categories "a|b") for content features and cold start.
-    """
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    say = progress or (lambda _msg: None)
-    finetune = init_from is not None
-    epochs = (cfg.finetune_epochs if finetune and cfg.finetune_epochs is not None else cfg.epochs)
-    lr = (cfg.finetune_lr if finetune and cfg.finetune_lr is not None else cfg.lr)
-    if len(interactions) == 0 and init_from is None:
-        raise ValueError("a full retrain needs at least one interaction")
 
-    new = interactions.reset_index(drop=True)
-    t_new = new["timestamp"].to_numpy(dtype=float)
-    t_ref = float(t_new.max()) if len(new) else init_from.trained_until
-    # One seed stream per call, varied by the data size so consecutive fine-tunes draw different negatives.
-    seed = (cfg.seed * 1_000_003 + len(new)) % (2**31)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
+def _advance_popularity(previous: Checkpoint | None, new_items: torch.Tensor, new_ages: np.ndarray, n_items: int,
+                        events_seen: int, cfg: TrainConfig) -> torch.Tensor:
+    """Decayed counts (G, I) after learning the new events: the old counts decay by the number of new events,
+    then the new events are added (`popularity_counts`)."""
+    pop = popularity_counts(new_items, new_ages, n_items, events_seen, cfg)
+    if previous is not None:
+        half_lives = popularity_half_life_shares(cfg) * events_seen
+        old = previous.popularity.double()
+        fade = torch.tensor(_decay(np.full(len(half_lives), float(len(new_ages))), half_lives))  # (G,)
+        pop[:, : old.shape[1]] += old * fade.unsqueeze(1)
+    return pop.float()
 
-    # Replay rows (fine-tune only) carry weight 1: they are already a decay-weighted sample.
-    if finetune and replay is not None and cfg.replay_fraction > 0:
-        replayed = _sample_replay(replay, int(round(cfg.replay_fraction * len(new))), t_ref,
-                                  cfg.half_life_days, rng)
-    else:
-        replayed = new.iloc[:0]
 
-    # ----- vocabularies: previous ones, then new ids appended in order of first appearance -----
-    user_ids = list(init_from._user_ids) if finetune else []
-    item_ids = list(init_from._item_ids) if finetune else []
-    categories = list(init_from.categories) if finetune else []
-    uidx = {u: j for j, u in enumerate(user_ids)}
-    iidx = {i: j for j, i in enumerate(item_ids)}
-    for frame in (new, replayed):
-        _extend_vocab(user_ids, uidx, frame["user_id"].astype(str).to_numpy())
-        _extend_vocab(item_ids, iidx, frame["item_id"].astype(str).to_numpy())
-    if items is not None and "categories" in items.columns:
-        known = set(categories)
-        for joined in items["categories"].fillna("").astype(str):
-            for c in joined.split("|")[: cfg.max_categories]:
-                if c and c not in known:
-                    known.add(c)
-                    categories.append(c)
-    width = init_from.catalog_categories.shape[1] if finetune else cfg.max_categories
-    catalog_ids, catalog_cats = _merge_catalog(init_from, items, categories, width)
+# ----- training -------------------------------------------------------------------------------------------------
 
-    # ----- parameters: previous rows kept, new rows random (users, items) or neutral (biases) -----
-    dim = int(init_from.weights["user"].shape[1]) if finetune else cfg.dim
-    n_u, n_i, n_c = len(user_ids), len(item_ids), len(categories) + 1
+@dataclass
+class _Vocab:
+    """Id vocabularies (append-only) and the item catalog."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    categories: list[str]
+    catalog_ids: list[str]
+    catalog_categories: torch.Tensor
+    uidx: dict
+    iidx: dict
+
+    @classmethod
+    def extend(cls, previous: Checkpoint | None, frames: Sequence[pd.DataFrame], items: pd.DataFrame | None,
+               cfg: TrainConfig) -> "_Vocab":
+        """The previous vocabularies, then new ids appended in order of first appearance."""
+        user_ids = list(previous._user_ids) if previous else []
+        item_ids = list(previous._item_ids) if previous else []
+        categories = list(previous.categories) if previous else []
+        uidx = {u: j for j, u in enumerate(user_ids)}
+        iidx = {i: j for j, i in enumerate(item_ids)}
+        for frame in frames:
+            _extend_vocab(user_ids, uidx, frame["user_id"].astype(str).to_numpy())
+            _extend_vocab(item_ids, iidx, frame["item_id"].astype(str).to_numpy())
+        if items is not None and "categories" in items.columns:
+            known = set(categories)
+            for joined in items["categories"].fillna("").astype(str):
+                for c in joined.split("|")[: cfg.max_categories]:
+                    if c and c not in known:
+                        known.add(c)
+                        categories.append(c)
+        width = previous.catalog_categories.shape[1] if previous else cfg.max_categories
+        catalog_ids, catalog_cats = _merge_catalog(previous, items, categories, width)
+        return cls(user_ids, item_ids, categories, catalog_ids, catalog_cats, uidx, iidx)
+
+
+def _initial_weights(vocab: _Vocab, previous: Checkpoint | None, cfg: TrainConfig,
+                     gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Previous rows kept; new rows random (users, items, categories) or neutral (biases)."""
+    dim = int(previous.weights["user"].shape[1]) if previous else cfg.dim
+    n_u, n_i, n_c = len(vocab.user_ids), len(vocab.item_ids), len(vocab.categories) + 1
 
     def rand(rows: int) -> torch.Tensor:
         return torch.randn(rows, dim, generator=gen) * cfg.init_std
 
-    if finetune:
-        old = init_from.weights
+    if previous is None:
+        weights = {"user": rand(n_u), "item": rand(n_i), "item_bias": torch.zeros(n_i),
+                   "category": rand(n_c), "category_bias": torch.zeros(n_c)}
+    else:
+        old = previous.weights
         # A new item starts at the median bias: neither buried nor promoted before it has evidence.
         bias_fill = old["item_bias"].median() if old["item_bias"].numel() else torch.tensor(0.0)
         weights = {
@@ -440,113 +651,188 @@ def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint
             "category": _grow(old["category"], n_c, rand(n_c - old["category"].shape[0])),
             "category_bias": _grow(old["category_bias"], n_c),
         }
-    else:
-        weights = {"user": rand(n_u), "item": rand(n_i), "item_bias": torch.zeros(n_i),
-                   "category": rand(n_c), "category_bias": torch.zeros(n_c)}
     with torch.no_grad():
         weights["category"][0] = 0.0  # padding row
-    draft = Checkpoint(config=asdict(cfg), user_ids=user_ids, item_ids=item_ids, categories=categories,
-                       catalog_ids=catalog_ids, catalog_categories=catalog_cats, weights=weights,
-                       optimizer=None, popularity=torch.zeros(n_i), trained_until=t_ref)
-    net = _build_net(draft)
-    params = [getattr(net, name) for name in _PARAM_NAMES]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    if finetune and init_from.optimizer is not None:
-        optimizer.load_state_dict(_grown_optimizer_state(init_from.optimizer, params))
-        for group in optimizer.param_groups:
-            group["lr"] = lr  # the saved state carries the previous run's lr
+    return weights
 
-    # ----- anchor rows (L2-SP): map the anchor's ids onto this vocabulary -----
-    # Item biases are not anchored: they carry "what is popular now", which must follow the stream; pinning
-    # them to the anchor's moment is what makes a stale model stale.
-    anchor_terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    if anchor is not None and cfg.anchor_l2 > 0:
-        for name, own, theirs in (("user", uidx, anchor._user_ids), ("item", iidx, anchor._item_ids)):
-            pairs = [(own[x], j) for j, x in enumerate(theirs) if x in own]
-            if pairs:
-                mine, src = map(torch.tensor, zip(*pairs))
-                anchor_terms.append((getattr(net, name), mine, anchor.weights[name][src].clone()))
-        shared = min(n_c, anchor.weights["category"].shape[0])
-        for name in ("category",):
-            rows = torch.arange(shared)
-            anchor_terms.append((getattr(net, name), rows, anchor.weights[name][:shared].clone()))
 
-    # ----- examples: indices and decayed, mean-1 weights -----
-    train_frame = pd.concat([new[["user_id", "item_id", "timestamp"] + (["weight"] if "weight" in new else [])],
-                             replayed[["user_id", "item_id", "timestamp"]]], ignore_index=True)
-    u_all = torch.tensor([uidx[u] for u in train_frame["user_id"].astype(str)], dtype=torch.long)
-    i_all = torch.tensor([iidx[i] for i in train_frame["item_id"].astype(str)], dtype=torch.long)
-    w_np = np.ones(len(train_frame))
-    w_np[: len(new)] = _decay(t_ref - t_new, cfg.half_life_days)
+def _examples(new: pd.DataFrame, replayed: pd.DataFrame, vocab: _Vocab, new_ages: np.ndarray,
+              half_life: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """User rows, item rows and mean-1 sample weights (N,) of the new events (decayed by age) followed by the
+    replay (weight 1: it is already a decay-weighted sample)."""
+    users = pd.concat([new["user_id"], replayed["user_id"]], ignore_index=True).astype(str)
+    items = pd.concat([new["item_id"], replayed["item_id"]], ignore_index=True).astype(str)
+    u = torch.tensor(users.map(vocab.uidx).to_numpy(dtype=np.int64))
+    i = torch.tensor(items.map(vocab.iidx).to_numpy(dtype=np.int64))
+    w = np.ones(len(users))
+    w[: len(new)] = _decay(new_ages, half_life)
     if "weight" in new.columns:
-        w_np[: len(new)] *= new["weight"].to_numpy(dtype=float)
-    if len(w_np) and np.isfinite(w_np).all() and w_np.mean() > 0:
-        w_np = w_np / w_np.mean()
-    w_all = torch.tensor(w_np, dtype=torch.float32)
-    n_ex = len(train_frame)
+        w[: len(new)] *= new["weight"].to_numpy(dtype=float)
+    if len(w) and np.isfinite(w).all() and w.mean() > 0:
+        w = w / w.mean()
+    return u, i, torch.tensor(w, dtype=torch.float32)
 
-    finite = True
+
+def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+         epochs: int, cfg: TrainConfig, anchor: _AnchorPenalty, gen: torch.Generator,
+         say: Callable[[str], None]) -> tuple[list[float], bool]:
+    """The training loop: shuffled batches, the model's loss plus penalties, clipped Adam steps. Returns the
+    mean loss per epoch and False if a loss became non-finite (training stops there)."""
+    u_all, i_all, w_all = examples
+    n_ex, n_items = len(u_all), net.item.shape[0]
+    params = [getattr(net, name) for name in _PARAM_NAMES]
     losses: list[float] = []
     for epoch in range(epochs if n_ex else 0):
         order = torch.randperm(n_ex, generator=gen)
-        total, count = 0.0, 0
+        total = 0.0
         for start in range(0, n_ex, cfg.batch_size):
             b = order[start:start + cfg.batch_size]
-            u, i, w = u_all[b], i_all[b], w_all[b]                          # (B,)
-            neg = torch.randint(0, n_i, (cfg.negatives,), generator=gen)    # (S,)
-            p = net.user[u]                                                 # (B, D)
-            content = net.all_content()                                     # (I, D), (I,)
-            q_pos, b_pos = net.items(i, content)                            # (B, D), (B,)
-            q_neg, b_neg = net.items(neg, content)                          # (S, D), (S,)
-            pos = (p * q_pos).sum(1) + b_pos                                # (B,)
-            negl = p @ q_neg.T + b_neg                                      # (B, S)
-            negl = negl.masked_fill(neg.unsqueeze(0) == i.unsqueeze(1), float("-inf"))  # accidental hits
-            logits = torch.cat([pos.unsqueeze(1), negl], 1)                 # (B, 1+S)
-            ce = torch.logsumexp(logits, 1) - pos                           # (B,)
-            loss = (w * ce).mean()
-            reg = cfg.l2 * (p.pow(2).sum() + net.item[i].pow(2).sum()) / len(b)
-            for param, mine, target in anchor_terms:
-                reg = reg + cfg.anchor_l2 * (param[mine] - target).pow(2).sum()
-            objective = loss + reg
+            u, i = u_all[b], i_all[b]                                       # (B,)
+            negatives = torch.randint(0, n_items, (cfg.negatives,), generator=gen)  # (S,)
+            _, loss = net(u, i, negatives, w_all[b])
+            objective = loss + cfg.l2 * net.l2_penalty(u, i) + anchor()
             if not torch.isfinite(objective):
-                finite = False
-                break
+                say(f"epoch {epoch + 1}/{epochs}: non-finite loss, candidate rejected")
+                return losses, False
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
-            net.category.grad[0] = 0.0  # padding stays zero
-            net.category_bias.grad[0] = 0.0
+            net.zero_padding_grads()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             total += loss.item() * len(b)
-            count += len(b)
-        if not finite:
-            say(f"epoch {epoch + 1}/{epochs}: non-finite loss, candidate rejected")
-            break
-        losses.append(total / max(count, 1))
+        losses.append(total / n_ex)
         say(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} ({n_ex} examples)")
+    return losses, True
 
-    # ----- popularity prior: decay the old counts to t_ref, add the new events (not the replay) -----
-    pop = torch.zeros(n_i, dtype=torch.float64)
+
+def _fit_ease(new: pd.DataFrame, replay: pd.DataFrame | None, previous: Checkpoint | None, events_seen: int,
+              cfg: TrainConfig) -> DecayedEASE:
+    """The item-item term, refit on the new events and the history offered (a fine-tune without history keeps
+    the previous one: a refit on a few new events alone would forget who watches what)."""
+    if previous is not None and (replay is None or len(replay) == 0):
+        return previous.ease
+    columns = ["user_id", "item_id", "timestamp"]
+    data = new[columns] if replay is None else pd.concat([replay[columns], new[columns]], ignore_index=True)
+    return DecayedEASE.fit(data, half_life=cfg.ease_half_life_share * events_seen, l2_share=cfg.ease_l2_share,
+                           max_items=cfg.ease_max_items)
+
+
+def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint | None = None,
+          anchor: Checkpoint | None = None, replay: pd.DataFrame | None = None,
+          items: pd.DataFrame | None = None, selection: np.ndarray | torch.Tensor | None = None,
+          progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Full retrain (`init_from=None`) or fine-tune (`init_from=checkpoint`); see the module docstring.
+
+    interactions: user_id (str), item_id (str), timestamp (float, unix s), optional weight (float); the events
+        learned from, newer than everything `init_from` learned.
+    anchor: L2-SP target (the last full retrain); rows it lacks are not pulled anywhere.
+    replay: earlier history; a fine-tune mixes in `replay_fraction * len(interactions)` rows of it.
+    items: item metadata (item_id, categories "a|b") for content features and cold start.
+    selection: evidence for the popularity term (default: `init_from`'s); pass the production model's to a
+        full retrain so it keeps what the stream has shown.
+    """
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    say = progress or (lambda _msg: None)
+    finetune = init_from is not None
+    epochs = cfg.finetune_epochs if finetune and cfg.finetune_epochs is not None else cfg.epochs
+    lr = cfg.finetune_lr if finetune and cfg.finetune_lr is not None else cfg.lr
+    if len(interactions) == 0 and init_from is None:
+        raise ValueError("a full retrain needs at least one interaction")
+
+    new = interactions.reset_index(drop=True)
+    new_ages = event_ages(new["timestamp"].to_numpy(dtype=float))
+    events_seen = (init_from.events_seen if finetune else 0) + len(new)
+    half_life = cfg.half_life_share * events_seen              # in events
+    t_ref = float(new["timestamp"].max()) if len(new) else init_from.trained_until
     if finetune:
-        old_t = init_from.trained_until
-        pop[: init_from.popularity.shape[0]] = init_from.popularity.double() * float(
-            _decay(np.array([t_ref - old_t]), cfg.pop_half_life_days)[0])
-        t_ref = max(t_ref, old_t)
-    if len(new):
-        ev = torch.tensor(_decay(t_ref - t_new, cfg.pop_half_life_days), dtype=torch.float64)
-        pop.index_add_(0, i_all[: len(new)], ev)
+        t_ref = max(t_ref, init_from.trained_until)
+    # One seed stream per call, varied by the data size so consecutive fine-tunes draw different negatives.
+    seed = (cfg.seed * 1_000_003 + len(new)) % (2**31)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
 
-    weights_out = {name: getattr(net, name).detach().clone() for name in _PARAM_NAMES}
+    if finetune and replay is not None and cfg.replay_fraction > 0:
+        replayed = _sample_replay(replay, int(round(cfg.replay_fraction * len(new))), len(new), half_life, rng)
+    else:
+        replayed = new.iloc[:0]
+    vocab = _Vocab.extend(init_from, (new, replayed), items, cfg)
+    weights = _initial_weights(vocab, init_from, cfg, gen)
+    draft = Checkpoint(config=asdict(cfg), user_ids=vocab.user_ids, item_ids=vocab.item_ids,
+                       categories=vocab.categories, catalog_ids=vocab.catalog_ids,
+                       catalog_categories=vocab.catalog_categories, weights=weights, optimizer=None,
+                       popularity=torch.zeros(0, 0), trained_until=t_ref, events_seen=events_seen)
+    net = _build_net(draft)
+    optimizer = torch.optim.Adam([getattr(net, name) for name in _PARAM_NAMES], lr=lr)
+    if finetune and init_from.optimizer is not None:
+        optimizer.load_state_dict(_grown_optimizer_state(init_from.optimizer,
+                                                         [getattr(net, name) for name in _PARAM_NAMES]))
+        for group in optimizer.param_groups:
+            group["lr"] = lr  # the saved state carries the previous run's lr
+    examples = _examples(new, replayed, vocab, new_ages, half_life)
+    losses, finite = _fit(net, optimizer, examples, epochs, cfg,
+                          _AnchorPenalty(net, anchor, vocab.uidx, vocab.iidx, cfg.anchor_l2), gen, say)
+
+    # The popularity prior learns the new events only, not the replay.
+    popularity = _advance_popularity(init_from, examples[1][: len(new)], new_ages, len(vocab.item_ids),
+                                     events_seen, cfg)
+    if selection is None and finetune:
+        selection = init_from.selection
+    ease = _fit_ease(new, replay if finetune else None, init_from, events_seen, cfg)
+    dim = int(weights["user"].shape[1])
     checkpoint = Checkpoint(
-        config=asdict(dataclasses.replace(cfg, dim=dim, max_categories=width)), user_ids=user_ids,
-        item_ids=item_ids, categories=categories, catalog_ids=catalog_ids, catalog_categories=catalog_cats,
-        weights=weights_out,
-        optimizer=copy.deepcopy(optimizer.state_dict()), popularity=pop.float(), trained_until=t_ref,
-        lineage={"mode": "finetune" if finetune else "retrain", "examples": n_ex, "new_examples": len(new)})
+        config=asdict(dataclasses.replace(cfg, dim=dim, max_categories=vocab.catalog_categories.shape[1])),
+        user_ids=vocab.user_ids, item_ids=vocab.item_ids, categories=vocab.categories,
+        catalog_ids=vocab.catalog_ids, catalog_categories=vocab.catalog_categories,
+        weights={name: getattr(net, name).detach().clone() for name in _PARAM_NAMES},
+        optimizer=copy.deepcopy(optimizer.state_dict()), popularity=popularity, trained_until=t_ref,
+        events_seen=events_seen,
+        selection=None if selection is None else torch.as_tensor(np.asarray(selection, dtype=np.float64)),
+        ease=ease.to_dict(), lineage={"mode": "finetune" if finetune else "retrain", "examples": len(examples[0]),
+                 "new_examples": len(new)})
     finite = finite and checkpoint.weights_finite() and all(math.isfinite(x) for x in losses)
     return TrainResult(checkpoint=checkpoint, finite=finite, losses=losses,
-                       train_cpu_s=time.process_time() - cpu0, examples=n_ex,
+                       train_cpu_s=time.process_time() - cpu0, examples=len(examples[0]),
                        wall_s=time.perf_counter() - wall0)
+
+
+# ----- the online choice of the popularity term ----------------------------------------------------------------
+
+def grid_metrics(parts: tuple[np.ndarray, np.ndarray, np.ndarray], task, cfg: TrainConfig) -> dict:
+    """Every (EASE weight, popularity half-life, popularity weight) cell scored on one window's evaluation set
+    (`models.metrics.WindowTask`), from the terms `Checkpoint.score_parts(task.users, task.candidates)`
+    returns. {"recall": (A, G, W) mean Recall@k, "ndcg": (A, G, W), "users": n}."""
+    from models.metrics import evaluate_scores_fast as evaluate_scores
+
+    recall = np.full(grid_shape(cfg), np.nan)
+    ndcg = recall.copy()
+    if not task.users:
+        return {"recall": recall, "ndcg": ndcg, "users": 0}
+    zmf, zease, zpop = parts
+    for a, ease_weight in enumerate(ease_weights(cfg)):
+        for g in range(zpop.shape[0]):
+            for w, pop_weight in enumerate(popularity_weights(cfg)):
+                if pop_weight == 0.0 and g > 0:   # weight 0 ignores the half-life: scored once
+                    recall[a, g, w], ndcg[a, g, w] = recall[a, 0, w], ndcg[a, 0, w]
+                    continue
+                m = evaluate_scores(combine(zmf, zease, zpop[g], float(ease_weight), float(pop_weight)), task)
+                recall[a, g, w], ndcg[a, g, w] = m[f"recall_at_{task.k}"], m[f"ndcg_at_{task.k}"]
+    return {"recall": recall, "ndcg": ndcg, "users": len(task.users)}
+
+
+def observe(checkpoint: Checkpoint, history: pd.DataFrame, new_events: pd.DataFrame, k: int = 10) -> Checkpoint:
+    """Test-then-train for the score's weights: score every grid cell of `checkpoint` on events it
+    has not learned yet (`new_events`, with `history` the events before them, under the evaluation protocol's
+    rules), and return the same model with that evidence added. Call it before training on `new_events`."""
+    from models.metrics import prepare_window
+
+    task = prepare_window(history, new_events, k)
+    if not task.users:
+        return checkpoint
+    cfg = checkpoint.train_config
+    grid = grid_metrics(checkpoint.score_parts(task.users, task.candidates), task, cfg)
+    sums = grid["recall"] * grid["users"]
+    previous = None if checkpoint.selection is None else checkpoint.selection.numpy()
+    return checkpoint.with_selection(update_selection(previous, sums, cfg.selection_forgetting))
 
 
 def _grown_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:

@@ -12,8 +12,7 @@ from models.recommender import TrainConfig
 from models.synthetic import synthetic_stream
 
 # The wiring is under test, not the hyperparameters: a small model, two seeds on two processes.
-TINY = TrainConfig(dim=8, epochs=3, lr=0.05, batch_size=256, negatives=32, finetune_epochs=2,
-                   half_life_days=1.0, pop_half_life_days=1.0)
+TINY = TrainConfig(dim=8, epochs=3, lr=0.05, batch_size=256, negatives=32, finetune_epochs=2)
 
 
 def test_flags_are_the_issue_s_plus_optional_seed_controls():

@@ -83,3 +83,37 @@ def test_evaluate_window_with_no_eligible_user():
     window = frame([("u2", "a", 2)])
     out = evaluate_window(FixedScorer({}), history, window)
     assert out["users"] == 0 and math.isnan(out["recall_at_10"])
+
+
+def test_top_k_without_full_sort_equals_the_stable_sort():
+    from models.metrics import _top_k_rows
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n_users, n_items = int(rng.integers(1, 20)), int(rng.integers(1, 2000))
+        scores = rng.integers(0, int(rng.integers(1, 30)), size=(n_users, n_items)).astype(float)  # many ties
+        if trial % 3 == 0:
+            scores = rng.normal(size=(n_users, n_items))
+        scores[rng.random(scores.shape) < 0.3] = -np.inf
+        np.testing.assert_array_equal(_top_k_rows(scores, 10), np.argsort(-scores, axis=1, kind="stable")[:, :10])
+
+
+def test_fast_evaluation_agrees_with_the_reference_one():
+    from models.metrics import evaluate_scores, evaluate_scores_fast, prepare_window
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    events = pd.DataFrame({"user_id": [f"u{j}" for j in rng.integers(0, 60, n)],
+                           "item_id": [f"i{j}" for j in rng.zipf(1.3, n) % 400],
+                           "timestamp": np.arange(n, dtype=float)})
+    task = prepare_window(events.iloc[:2500], events.iloc[2500:])
+    assert len(task.users) > 10
+    for trial in range(20):
+        scores = rng.integers(0, 5, size=(len(task.users), len(task.candidates))).astype(float)
+        if trial % 2:
+            scores = rng.normal(size=scores.shape)
+        scores[0, :3] = np.nan
+        slow, fast = evaluate_scores(scores, task), evaluate_scores_fast(scores, task)
+        assert slow["users"] == fast["users"]
+        assert abs(slow["recall_at_10"] - fast["recall_at_10"]) < 1e-12
+        assert abs(slow["ndcg_at_10"] - fast["ndcg_at_10"]) < 1e-12

@@ -1,17 +1,17 @@
-"""The replay harness core: window cuts, the popularity baseline, the blend, and a full replay on a tiny
-synthetic stream where every strategy must beat a random ranking and the schedule must line up."""
+"""The replay harness core: window cuts, the popularity baseline, the online choice of weights, and a full
+replay on a tiny synthetic stream where every strategy must beat a random ranking, the schedule must line up and
+the numbers must not depend on the number of processes."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models.prequential import STRATEGIES, Blend, Protocol, RecentPopularity, run_seed, window_bounds
-from models.recommender import TrainConfig
+from models.prequential import STRATEGIES, Protocol, RecentPopularity, choose_online, run_seed, window_bounds
+from models.recommender import TrainConfig, grid_shape
 from models.synthetic import synthetic_stream
 
-TINY = TrainConfig(dim=8, epochs=3, lr=0.05, batch_size=256, negatives=32, finetune_epochs=2,
-                   half_life_days=1.0, pop_half_life_days=1.0)
+TINY = TrainConfig(dim=8, epochs=3, lr=0.05, batch_size=256, negatives=32, finetune_epochs=2)
 
 
 def test_window_bounds_cover_the_rest_in_equal_counts():
@@ -31,20 +31,21 @@ def test_recent_popularity_counts_last_tenth():
     np.testing.assert_array_equal(tiny.score(["x"], ["a", "b"]), [[1, 0]])
 
 
-class Table:
-    def __init__(self, rows):
-        self.rows = np.asarray(rows, dtype=float)
-
-    def score(self, users, items):
-        return self.rows[: len(users), : len(items)]
-
-
-def test_blend_is_zscored_mix():
-    a = Table([[1.0, 2.0, 3.0]])
-    b = Table([[30.0, 20.0, 10.0]])
-    np.testing.assert_allclose(Blend(a, b, 1.0).score(["u"], "xyz"), [[-1.2247, 0.0, 1.2247]], atol=1e-4)
-    np.testing.assert_allclose(Blend(a, b, 0.5).score(["u"], "xyz"), [[0.0, 0.0, 0.0]], atol=1e-12)
-    np.testing.assert_allclose(Blend(a, b, 0.0).score(["u"], "xyz"), [[1.2247, 0.0, -1.2247]], atol=1e-4)
+def test_online_choice_uses_only_earlier_windows():
+    # Cell (0, 0, 1) wins windows 0-1, cell (2, 4, 5) wins windows 2-5 by more: the choice follows the evidence
+    # one window late, never using the window it scores.
+    shape = grid_shape(TINY)
+    grids = {}
+    for w in range(6):
+        recall = np.full(shape, 0.1)
+        recall[(0, 0, 1) if w < 2 else (2, 4, 5)] = 0.5 if w < 2 else 0.9
+        grids[w] = {"recall": recall, "ndcg": recall / 2, "users": 10}
+    rows, choices = choose_online(grids, TINY)
+    assert choices[1] == choices[2] == (0, 0, 1)       # evidence of windows 0 (and 1) only
+    assert choices[0] == (1, 2, 3)                     # the default before any evidence: weights 1
+    assert choices[3] == (2, 4, 5)
+    assert [r["recall_at_10"] for r in rows[1:4]] == [0.5, 0.1, 0.9]   # window 2 pays for the late switch
+    assert rows[3]["ndcg_at_10"] == 0.45
 
 
 def random_recall(stream: pd.DataFrame, bounds, k=10) -> float:
@@ -87,17 +88,24 @@ def test_schedule_lines_up(replay):
     pw = {name: [r["recall_at_10"] for r in out[name]["per_window"]] for name in STRATEGIES}
     users = {tuple(r["users"] for r in out[name]["per_window"]) for name in STRATEGIES}
     assert len(users) == 1  # every strategy is judged on the same users
-    # Window 1: every model strategy is still the warm-up model.
+    # Window 1: every model strategy is still the warm-up model, with the default weights.
     assert len({pw[name][0] for name in ("static", "retrain_every_window", "retrain_every_5", "incremental",
-                                          "incremental_reset_5", "blend")}) == 1
-    # Until the first reset, incremental and incremental_reset_5 are the same chain.
+                                          "incremental_reset_5")}) == 1
+    # Until the first reset, incremental and incremental_reset_5 are the same chain with the same evidence.
     assert pw["incremental"][:5] == pw["incremental_reset_5"][:5]
-    # Window 6 follows a reset: the retrain every 5, every window and the reset chain coincide.
-    assert pw["retrain_every_5"][5] == pw["retrain_every_window"][5] == pw["incremental_reset_5"][5]
     assert pw["retrain_every_5"][:5] == pw["static"][:5]
     # Costs follow the schedule.
     cpu = {name: out[name]["train_cpu_s"] for name in STRATEGIES}
     assert cpu["retrain_every_window"] > cpu["retrain_every_5"] > cpu["static"] > 0
     assert cpu["incremental_reset_5"] > cpu["retrain_every_5"]
     assert cpu["popularity_recent"] < cpu["static"]
-    assert len(out["blend_alphas"]) == 20 and all(0 <= a <= 1 for a in out["blend_alphas"])
+    for name in ("static", "incremental", "blend"):
+        assert len(out[name]["weights_per_window"]) == 20
+    assert "weights_per_window" not in out["popularity_recent"]
+
+
+def test_processes_do_not_change_the_numbers(replay):
+    interactions, items, out = replay
+    two = run_seed(interactions, items, TINY, Protocol(seeds=(0,), workers=2))
+    for name in STRATEGIES:
+        assert two[name]["per_window"] == out[name]["per_window"], name

@@ -1,0 +1,96 @@
+"""A closed-form item-item model (EASE, Steck 2019) whose interactions decay with their age in the stream; one
+of the three terms of the tidal score (models/recommender.py).
+
+    B = I - P / diag(P),  P = (X^T X + lambda I)^-1,  ease(u, .) = x_u B
+
+X (users x items) holds each (user, item) pair weighted by 0.5 ** (age / half-life) of its latest event, age
+counted in events, so the model follows what people watch together *now* and needs no notion of seconds. Only
+the `max_items` items with the largest decayed counts get a row (the inverse costs items^3); other items score
+0. lambda is `l2_share` times the mean diagonal of X^T X, so it scales with the data.
+
+    ease = DecayedEASE.fit(history, half_life=2500.0, l2_share=30.0, max_items=1000)
+    scores = ease.score(user_ids, item_ids)      # (U, I)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.data import event_ages
+
+
+class DecayedEASE:
+    """B over `item_ids`, and each known user's decayed row of X (the input of a score)."""
+
+    def __init__(self, item_ids: list[str], weights: torch.Tensor, user_ids: list[str], indptr: torch.Tensor,
+                 indices: torch.Tensor, values: torch.Tensor):
+        self.item_ids = list(item_ids)   # the modelled items: B's rows and columns
+        self.weights = weights           # (N, N) float32, zero diagonal
+        self.user_ids = list(user_ids)   # users with a row of X, stored CSR: indptr (U+1,), indices/values (nnz,)
+        self.indptr, self.indices, self.values = indptr, indices, values
+        self._item_index = {i: j for j, i in enumerate(self.item_ids)}
+        self._user_index = {u: j for j, u in enumerate(self.user_ids)}
+
+    @classmethod
+    def fit(cls, history: pd.DataFrame, *, half_life: float, l2_share: float, max_items: int) -> "DecayedEASE":
+        """Fit on events (user_id, item_id, timestamp); `half_life` in events."""
+        if len(history) == 0:
+            return cls.empty()
+        decay = np.power(0.5, event_ages(history["timestamp"].to_numpy(dtype=float)) / max(half_life, 1.0))
+        items = history["item_id"].astype(str).to_numpy()
+        mass = pd.Series(decay).groupby(items).sum().sort_values(ascending=False, kind="stable")
+        kept = mass.index[:max_items].tolist()
+        col = pd.Series(items).map({i: j for j, i in enumerate(kept)})
+        keep = col.notna().to_numpy()
+        pairs = pd.DataFrame({"u": history["user_id"].astype(str).to_numpy()[keep],
+                              "c": col.to_numpy()[keep].astype(np.int64), "v": decay[keep]})
+        latest = pairs.groupby(["u", "c"], sort=True)["v"].max()      # one entry per pair: its latest event
+        users, rows = np.unique(latest.index.get_level_values(0).to_numpy(), return_inverse=True)
+        cols, vals = latest.index.get_level_values(1).to_numpy(), latest.to_numpy()
+        x = np.zeros((len(users), len(kept)))
+        x[rows, cols] = vals
+        gram = torch.from_numpy(x.T @ x)                                                  # (N, N)
+        gram.diagonal().add_(max(l2_share * float(gram.diagonal().mean()), 1e-9))
+        p = torch.linalg.inv(gram)
+        b = -p / p.diagonal().unsqueeze(0)
+        b.diagonal().zero_()
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(users)))])
+        return cls(kept, b.float(), users.tolist(), torch.from_numpy(indptr), torch.from_numpy(cols.copy()),
+                   torch.from_numpy(vals.astype(np.float32)))
+
+    @classmethod
+    def empty(cls) -> "DecayedEASE":
+        return cls([], torch.zeros(0, 0), [], torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                   torch.zeros(0))
+
+    def to_dict(self) -> dict:
+        return {"item_ids": self.item_ids, "weights": self.weights, "user_ids": self.user_ids,
+                "indptr": self.indptr, "indices": self.indices, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "DecayedEASE":
+        return cls(state["item_ids"], state["weights"], state["user_ids"], state["indptr"], state["indices"],
+                   state["values"])
+
+    def user_scores(self, user_ids: Sequence[str]) -> np.ndarray:
+        """x_u B over the modelled items: (U, N); unknown users score 0."""
+        out = np.zeros((len(user_ids), len(self.item_ids)), dtype=np.float32)
+        b = self.weights.numpy()
+        for r, user in enumerate(user_ids):
+            j = self._user_index.get(user)
+            if j is None:
+                continue
+            lo, hi = int(self.indptr[j]), int(self.indptr[j + 1])
+            out[r] = self.values[lo:hi].numpy() @ b[self.indices[lo:hi].numpy()]
+        return out
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """(U, I) for any items; items without a row score 0."""
+        cols = np.array([self._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
+        full = self.user_scores(user_ids)
+        out = np.zeros((len(user_ids), len(item_ids)))
+        out[:, cols >= 0] = full[:, cols[cols >= 0]]
+        return out
