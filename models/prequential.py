@@ -54,9 +54,9 @@ import torch
 from models.data import event_ages, sort_by_time
 from models.ease import DecayedEASE
 from models.metrics import WindowTask, evaluate_scores, prepare_window, score_task
-from models.recommender import (Checkpoint, TrainConfig, ease_weights, ease_z, grid_metrics, popularity_counts,
-                                popularity_half_life_shares, popularity_weights, popularity_z, select, train,
-                                update_selection)
+from models.recommender import (Checkpoint, TrainConfig, ease_weights, ease_z, grid_metrics, observe_task,
+                                popularity_counts, popularity_half_life_shares, popularity_weights, popularity_z,
+                                select, train, update_selection)
 
 STRATEGIES = ("static", "retrain_every_window", "retrain_every_5", "incremental", "incremental_reset_5",
               "popularity_recent", "blend")
@@ -209,13 +209,17 @@ def full_retrain_step(seed: int, w: int) -> dict:
 
 
 def incremental_chain(seed: int, warm: dict) -> dict:
-    """From the warm-up model: score each window, then fine-tune on it (anchor: the warm-up model)."""
+    """From the warm-up model: score each window, then fine-tune on it (anchor: the warm-up model). This is the
+    production path step by step (`models.recommender.finetune`): the window is scored, the scores become the
+    checkpoint's evidence for its weights (`observe_task`), then the model trains on the window. The weights it
+    served are returned so `assemble_seed` can check that its own online choice agrees."""
     rp = _REPLAY
     cfg = rp.config(seed)
     anchor = model = Checkpoint.from_dict(warm)
-    cost, grids, rejected = _Cost(), {}, []
+    cost, grids, served, rejected = _Cost(), {}, [], []
     for w in range(rp.n_windows):
-        grids[w] = rp.grid(model, w)
+        served.append(model.choice)
+        model, grids[w] = observe_task(model, rp.task(w))
         if w + 1 == rp.n_windows:
             break  # nothing is evaluated after the last window, so nothing trains on it
         result = train(rp.window(w), cfg=cfg, init_from=model, anchor=anchor, replay=rp.seen(w), items=rp.items)
@@ -224,7 +228,7 @@ def incremental_chain(seed: int, warm: dict) -> dict:
             model = result.checkpoint
         else:
             rejected.append(w)
-    return {"grids": {"incremental": grids}, "cost": cost.as_dict(), "rejected": rejected}
+    return {"grids": {"incremental": grids}, "cost": cost.as_dict(), "served": served, "rejected": rejected}
 
 
 def reset_segment(seed: int, s: int, start_model: dict) -> dict:
@@ -334,6 +338,10 @@ def assemble_seed(parts: list[dict], n_windows: int, protocol: Protocol, cfg: Tr
         if name not in per_window:
             rows, choices[name] = choose_online(grids[name], cfg)
             per_window[name] = dict(enumerate(rows))
+    served = next(part["served"] for part in parts if "served" in part)
+    if [tuple(c) for c in served] != choices["incremental"]:
+        raise RuntimeError("the incremental chain's checkpoints served other weights than the replay's online "
+                           f"choice: {served} vs {choices['incremental']}")
 
     out = {}
     for name in STRATEGIES:

@@ -7,7 +7,7 @@ never mutated, so a rejected candidate leaves production untouched.
 
 Score of user u for item i (see models/README.md for why this shape):
     mf(u, i)  = p_u . (e_i + mean_c g_c) + b_i + mean_c h_c          c over the item's categories
-    score     = z_u(mf(u, .))(i) + w * z(log1p(pop_h(i)))
+    score     = z_u(mf(u, .))(i) + a * z_u(ease(u, .))(i) + w * z(log1p(pop_h(i)))
 z(.) standardizes over the model's item vocabulary (per user for mf), so the two terms share one scale and a
 score does not depend on which candidates are asked for. Unknown users get p_u = 0 (ranking by bias +
 popularity); unknown items get the content part only, the median item bias and zero popularity.
@@ -16,14 +16,14 @@ Nothing here depends on how many seconds the stream spans. Time is counted in ev
 - sample weights decay with an event's age in events, half-life `half_life_share` of the events learned so far;
 - pop_h is a decayed interaction count for each half-life h of a grid (shares of the events learned so far),
   kept in the checkpoint and advanced by every fine-tune;
-- (h, w), the popularity term's half-life and weight, are chosen online (`observe` / `select`): every batch of
-  new events first scores the current model's grid of (h, w) on those events, before it is learned from, and
-  the pair with the best forgetting-weighted recall so far is the one `score` uses.
+- the EASE weight a, the popularity half-life h and weight w are chosen online (`observe` / `select`): every
+  batch of new events first scores the current model's grid of (a, h, w) on those events, before it is learned
+  from, and the cell with the best forgetting-weighted recall so far is the one `score` uses.
 
 Usage:
-    result = train(events, cfg=TrainConfig())                       # full retrain
-    prod = observe(prod, history, new_events)                       # score (h, w) on new events first
-    result = train(new_events, cfg=cfg, init_from=prod, anchor=anchor, replay=history_sample)   # fine-tune
+    result = train(events, cfg=TrainConfig(), selection=prod.selection)      # full retrain
+    result = finetune(prod, new_events, cfg=cfg, anchor=anchor, history=recent_history)
+    #      = train(new_events, init_from=observe(prod, recent_history, new_events), replay=recent_history, ...)
     if result.finite: result.checkpoint.save("candidate.pt")
 """
 from __future__ import annotations
@@ -819,20 +819,35 @@ def grid_metrics(parts: tuple[np.ndarray, np.ndarray, np.ndarray], task, cfg: Tr
     return {"recall": recall, "ndcg": ndcg, "users": len(task.users)}
 
 
+def observe_task(checkpoint: Checkpoint, task) -> tuple[Checkpoint, dict]:
+    """`observe` on a prepared evaluation set (`models.metrics.WindowTask`); also returns the grid it scored."""
+    cfg = checkpoint.train_config
+    if not task.users:
+        return checkpoint, grid_metrics(None, task, cfg)
+    grid = grid_metrics(checkpoint.score_parts(task.users, task.candidates), task, cfg)
+    previous = None if checkpoint.selection is None else checkpoint.selection.numpy()
+    evidence = update_selection(previous, grid["recall"] * grid["users"], cfg.selection_forgetting)
+    return checkpoint.with_selection(evidence), grid
+
+
 def observe(checkpoint: Checkpoint, history: pd.DataFrame, new_events: pd.DataFrame, k: int = 10) -> Checkpoint:
-    """Test-then-train for the score's weights: score every grid cell of `checkpoint` on events it
-    has not learned yet (`new_events`, with `history` the events before them, under the evaluation protocol's
-    rules), and return the same model with that evidence added. Call it before training on `new_events`."""
+    """Test-then-train for the score's weights: score every grid cell of `checkpoint` on events it has not
+    learned yet (`new_events`, with `history` the events before them, under the evaluation protocol's rules),
+    and return the same model with that evidence added (the input is not mutated). Call it before training on
+    `new_events`; a batch with no returning user adds nothing."""
     from models.metrics import prepare_window
 
-    task = prepare_window(history, new_events, k)
-    if not task.users:
-        return checkpoint
-    cfg = checkpoint.train_config
-    grid = grid_metrics(checkpoint.score_parts(task.users, task.candidates), task, cfg)
-    sums = grid["recall"] * grid["users"]
-    previous = None if checkpoint.selection is None else checkpoint.selection.numpy()
-    return checkpoint.with_selection(update_selection(previous, sums, cfg.selection_forgetting))
+    return observe_task(checkpoint, prepare_window(history, new_events, k))[0]
+
+
+def finetune(production: Checkpoint, new_events: pd.DataFrame, *, cfg: TrainConfig, anchor: Checkpoint | None,
+             history: pd.DataFrame | None, items: pd.DataFrame | None = None, k: int = 10,
+             progress: Callable[[str], None] | None = None) -> TrainResult:
+    """The incremental strategy as the benchmark measures it: first `observe` the new events with the production
+    model (the weights of its score learn from them), then fine-tune on them with `history` as replay (and as
+    the EASE term's data). `history`: the events before `new_events`, newest last."""
+    seen = observe(production, history, new_events, k) if history is not None and len(history) else production
+    return train(new_events, cfg=cfg, init_from=seen, anchor=anchor, replay=history, items=items, progress=progress)
 
 
 def _grown_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:

@@ -241,3 +241,18 @@ def test_recommend_respects_candidates_and_exclusions(base):
     user = ck.user_ids[0]
     recs = ck.recommend([user], k=3, candidates=cands, exclude={user: set(cands[:4])})[0]
     assert set(recs) == set(cands[4:6]) and len(recs) == 2
+
+
+def test_finetune_is_observe_then_train(stream):
+    # The production entry point of the winning strategy does exactly what the benchmark's incremental chain does.
+    from models.recommender import finetune, observe
+
+    interactions, items = stream
+    base = train(interactions.iloc[:1000], cfg=FAST, items=items).checkpoint
+    history, new = interactions.iloc[:1000], interactions.iloc[1000:1200]
+    a = finetune(base, new, cfg=FAST, anchor=base, history=history, items=items).checkpoint
+    b = train(new, cfg=FAST, init_from=observe(base, history, new), anchor=base, replay=history, items=items).checkpoint
+    assert a.selection is not None and torch.equal(a.selection, b.selection)
+    for name in a.weights:
+        assert torch.equal(a.weights[name], b.weights[name])
+    assert base.selection is None                      # production's checkpoint is untouched
