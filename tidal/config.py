@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,6 +63,8 @@ class FeaturesParams(_Section):
     shuffle_partitions: int = Field(4, ge=1)
     spark_driver_memory: str = Field("1g", pattern=r"^[1-9][0-9]*[kmgt]$",
                                      description="JVM heap of the local Spark driver (spark.driver.memory), e.g. 8g")
+    online_recent_items: int = Field(50, ge=1, description="items kept per user in the online store, newest first")
+    online_ttl_s: int = Field(172800, ge=1, description="online feature groups older than this are read as missing")
 
     @model_validator(mode="after")
     def _windows_are_whole_buckets(self) -> "FeaturesParams":
@@ -162,10 +165,26 @@ class S3Settings(_Section):
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+class OnlineStoreSettings(_Section):
+    """Where the online feature store is: a Redis-protocol server (the stack's Valkey, or any Redis/Valkey).
+
+    `url` None means no online store: the features job keeps only the offline state. The password travels inside
+    the URL (redis://:PASSWORD@host:port/db), so `display_url` is the form to print."""
+
+    url: str | None = None
+    namespace: str = Field("tidal", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every key")
+
+    @property
+    def display_url(self) -> str | None:
+        """The URL without its password, for logs and summaries."""
+        return redact_url(self.url) if self.url else None
+
+
 class Settings(_Section):
     home: Path
     params: Params
     s3: S3Settings
+    online_store: OnlineStoreSettings = OnlineStoreSettings()
 
     @field_validator("home")
     @classmethod
@@ -175,6 +194,41 @@ class Settings(_Section):
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and what to do."""
+
+
+def redact_url(url: str) -> str:
+    """scheme://user:***@host:port/db: the URL with any password replaced."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
+
+
+def online_store_settings(url: str | None, namespace: str | None = None) -> OnlineStoreSettings:
+    """TIDAL_REDIS_URL (and TIDAL_REDIS_NAMESPACE) checked before any work starts: a URL the client would
+    misread is refused with what a valid one looks like, never with the password in the message."""
+    if not url:
+        return OnlineStoreSettings(namespace=namespace or "tidal")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number or out of range
+        db = parts.path.strip("/")
+        problem = (f"scheme '{parts.scheme}' is not redis, rediss or unix" if parts.scheme not in ("redis", "rediss", "unix")
+                   else "it names no host" if parts.scheme != "unix" and not parts.hostname
+                   else "it names no socket path" if parts.scheme == "unix" and not parts.path
+                   else f"database '{db}' is not a number" if parts.scheme != "unix" and db and not db.isdigit()
+                   else None)
+    except ValueError as err:
+        problem = str(err)
+    if problem is None:
+        try:
+            return OnlineStoreSettings(url=url, namespace=namespace or "tidal")
+        except ValidationError as err:
+            raise ConfigError(f"TIDAL_REDIS_NAMESPACE={namespace!r} is not a key prefix: give 1-64 letters, digits,"
+                              f" '_', '.' or '-' ({err.errors()[0]['msg']})") from None
+    raise ConfigError(f"TIDAL_REDIS_URL {redact_url(url)!r} is not a Redis URL: {problem}. Give redis://[:PASSWORD@]HOST:PORT/DB, "
+                      "e.g. the stack's (source \"$(scripts/stack.sh env)\"), or unset it to run without an online store")
 
 
 def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
@@ -201,4 +255,5 @@ def load_settings(params_path: Path | str | None = None, overrides: dict[str, An
             bucket=os.environ.get("TIDAL_S3_BUCKET", "tidal"),
             prefix=os.environ.get("TIDAL_S3_PREFIX", "dvc"),
         ),
+        online_store=online_store_settings(os.environ.get("TIDAL_REDIS_URL"), os.environ.get("TIDAL_REDIS_NAMESPACE")),
     )
