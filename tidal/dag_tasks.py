@@ -12,7 +12,7 @@ import inspect
 from typing import Any, Callable
 
 from tidal.config import load_settings
-from tidal.pipelines import Pipeline, Step, check_guard
+from tidal.pipelines import RUN_INPUT, Pipeline, Step, check_guard
 from tidal.task_context import MODEL_POOL, current_task_run
 
 
@@ -21,10 +21,12 @@ def step_task(step: Step, run_inputs: dict[str, Callable[[], Any]]):
     from airflow.sdk import task
 
     upstream_steps = step.sources()
+    wanted = {ref.removeprefix(RUN_INPUT) for ref in step.inputs.values() if ref.startswith(RUN_INPUT)}
 
     def run_step(**upstream: dict[str, Any]) -> dict[str, Any]:
         run = current_task_run()
-        summary = step.call(run.settings, run.run_id, run.reports_dir, upstream, {name: supply() for name, supply in run_inputs.items()})
+        supplied = {name: supply() for name, supply in run_inputs.items() if name in wanted}
+        summary = step.call(run.settings, run.run_id, run.reports_dir, upstream, supplied)
         if message := step.failure(summary):
             from airflow.sdk.exceptions import AirflowFailException
 
