@@ -49,6 +49,8 @@ class DvcStage:
 
 @dataclass(frozen=True)
 class Step:
+    """One step: its name (the Airflow task id and the report file), its function, and where its inputs come from."""
+
     name: str
     function: str
     inputs: dict[str, str] = field(default_factory=dict)
@@ -94,6 +96,8 @@ def input_value(ref: str, results: dict[str, dict[str, Any]], run_inputs: dict[s
 
 @dataclass(frozen=True)
 class Pipeline:
+    """Steps in the order they run, and an optional guard that can make a run idle before any step."""
+
     name: str
     steps: tuple[Step, ...]
     # "module:function" of the settings -> {"idle": bool, ...}: when idle, no step runs (an idle run, not a cycle).
