@@ -1,9 +1,9 @@
 """The robustness table of the prequential benchmark: one row per (dataset, strategy) from the replays' JSON.
 
-    python benchmarks/prequential/table.py DIR [DIR ...] > benchmarks/prequential/variants.md
+    python benchmarks/prequential/table.py [NAME=]DIR ... > benchmarks/prequential/variants.md
 
-Each DIR holds a `prequential.json` written by `tidal evaluate prequential`; the dataset is named by the
-folder. Columns: Recall@10 and NDCG@10 (means over seeds), train CPU s, and the ratios to recent popularity
+Each DIR holds a `prequential.json` written by `tidal evaluate prequential`; the dataset is NAME, or the
+folder's name. Columns: Recall@10 and NDCG@10 (means over seeds), train CPU s, and the ratios to recent popularity
 and to a retrain every window (Recall; CPU for the ratio to retrain).
 """
 from __future__ import annotations
@@ -31,13 +31,40 @@ def rows(report: dict, name: str) -> list[str]:
     return out
 
 
+def target_row(report: dict, name: str) -> str:
+    """Issue 11's targets on one dataset: best model strategy >= 1.15x recent popularity; incremental >= 1.0x a
+    retrain every window at <= 10% of its CPU."""
+    s = report["strategies"]
+    r = {k: v["recall_at_10"] for k, v in s.items()}
+    best = max(MODEL_STRATEGIES, key=lambda n: r[n])
+    vs_pop = r[best] / r["popularity_recent"]
+    vs_retrain = r["incremental"] / r["retrain_every_window"]
+    cpu = s["incremental"]["train_cpu_s"] / s["retrain_every_window"]["train_cpu_s"]
+    per_seed = [s["incremental"]["per_seed"][x]["recall_at_10"] / s["retrain_every_window"]["per_seed"][x]["recall_at_10"]
+                for x in s["incremental"]["per_seed"]]
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    return (f"| {name} | {best} {vs_pop:.2f}x ({met(vs_pop >= 1.15)}) | {vs_retrain:.2f}x "
+            f"(per seed {', '.join(f'{x:.2f}' for x in per_seed)}; {met(vs_retrain >= 1.0)}) | "
+            f"{cpu:.1%} ({met(cpu <= 0.10)}) |")
+
+
 def main(argv: list[str]) -> int:
     print("| dataset | strategy | Recall@10 | sd (seeds) | NDCG@10 | train CPU s | Recall vs popularity | "
           "Recall vs retrain | CPU vs retrain |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for folder in map(Path, argv):
-        report = json.loads((folder / "prequential.json").read_text())
-        print("\n".join(rows(report, folder.name)))
+    for arg in argv:
+        name, _, folder = arg.rpartition("=")
+        report = json.loads((Path(folder) / "prequential.json").read_text())
+        print("\n".join(rows(report, name or Path(folder).name)))
+    print("\n| dataset | best model vs popularity (>= 1.15x) | incremental vs retrain every window (>= 1.0x) | "
+          "incremental CPU vs retrain (<= 10%) |")
+    print("|---|---|---|---|")
+    for arg in argv:
+        name, _, folder = arg.rpartition("=")
+        print(target_row(json.loads((Path(folder) / "prequential.json").read_text()), name or Path(folder).name))
     return 0
 
 
