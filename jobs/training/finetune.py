@@ -92,9 +92,24 @@ def starting_point(settings: Settings, layout: StorageLayout, registry: Registry
     return StartingPoint(cfg, init_from, anchor, replay, boost)
 
 
-def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = None) -> dict[str, Any]:
-    from models.recommender import train
+def train_candidate(settings: Settings, layout: StorageLayout, start: StartingPoint, data: UnseenExamples):
+    """The first model from scratch; then the incremental strategy exactly as the prequential benchmark measures it
+    (models.recommender.finetune): production first scores the unseen examples against the history before them,
+    so the weights of its score learn from them (test, then train), and is then fine-tuned on them."""
+    from models.recommender import finetune, train
 
+    items = load_item_metadata(layout)
+    new_events = data.training[TRAINING_COLUMNS]
+    progress = lambda msg: print(f"[finetune] {msg}", flush=True)  # noqa: E731
+    if start.init_from is None:
+        return train(new_events, cfg=start.cfg, items=items, progress=progress)
+    # The replay pool may still hold production's held-out slice, which is part of what is learned now.
+    history = start.replay[~start.replay["event_id"].isin(data.training["event_id"])]
+    return finetune(start.init_from, new_events, cfg=start.cfg, anchor=start.anchor, history=history, items=items,
+                    k=settings.params.gate.k, progress=progress)
+
+
+def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = None) -> dict[str, Any]:
     layout = StorageLayout(settings.home).ensure()
     registry = Registry(layout.registry)
     params = settings.params
@@ -117,9 +132,7 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
     replay_rows = 0 if start.replay is None else len(start.replay)
     print(f"[finetune] {kind}: {len(data.training)} examples ({len(data.pending)} carried over), "
           f"{replay_rows} replay rows, {len(data.holdout)} held out", flush=True)
-    result = train(data.training[TRAINING_COLUMNS], cfg=start.cfg, init_from=start.init_from, anchor=start.anchor,
-                   replay=start.replay, items=load_item_metadata(layout),
-                   progress=lambda msg: print(f"[finetune] {msg}", flush=True))
+    result = train_candidate(settings, layout, start, data)
 
     candidate_dir, metadata = write_candidate(registry, run_id, result, data.holdout, reference, lambda finite: (
         candidate_metadata(

@@ -45,7 +45,7 @@ def validate_training_set(settings: Settings, run_id: str, built: dict[str, Any]
 
 def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], request: dict[str, Any],
                        reports_dir: Path | None = None) -> dict[str, Any]:
-    from models.recommender import train
+    from models.recommender import Checkpoint, train
 
     layout = StorageLayout(settings.home)
     registry = Registry(layout.registry)
@@ -55,8 +55,11 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
         cfg = dataclasses.replace(cfg, epochs=int(request["epochs"]))
     training, holdout = split_holdout(load_training_set(built["examples_path"]), params.gate.holdout_fraction)
     production = registry.production()
+    # A reset relearns the model, not what the stream has shown about the weights of its score: keep production's.
+    selection = Checkpoint.load(production.model_path).selection if production else None
     result = train(training[TRAINING_COLUMNS], cfg=cfg, init_from=None, anchor=None, replay=None,
-                   items=load_item_metadata(layout), progress=lambda msg: print(f"[retrain] {msg}", flush=True))
+                   items=load_item_metadata(layout), selection=selection,
+                   progress=lambda msg: print(f"[retrain] {msg}", flush=True))
     # The new drift reference: a sample of what this model learned from, under the feature store's names.
     reference = drift_reference_sample(training, params.drift.reference_columns, params.drift.reference_max_rows,
                                        params.base.seed)

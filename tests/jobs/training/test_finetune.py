@@ -211,3 +211,20 @@ def test_a_fine_tune_from_a_parent_with_an_old_reference_is_refused(tidal_env):
     with pytest.raises(MissingDriftFeature,
                        match=r"'event_weight' .* reference of production v000001 .*`tidal retrain --reason"):
         run_finetune(settings, "run-2")
+
+
+def test_a_fine_tune_scores_the_unseen_examples_first_so_the_weights_of_its_score_learn_online(tidal_env):
+    """Production runs the incremental strategy as the prequential benchmark measures it: test, then train."""
+    from models.recommender import Checkpoint
+
+    settings = tidal_env({"gate": {"recall_tolerance": 1.0}})
+    layout = StorageLayout(settings.home).ensure()
+    registry = Registry(layout.registry)
+    write_examples_batch(layout, 0, settings, file_index=0)
+    cycle(settings, "run-1")
+    assert Checkpoint.load(registry.version("v000001").model_path).selection is None  # a first model saw no test
+
+    write_examples_batch(layout, 1, settings, file_index=1)
+    assert cycle(settings, "run-2")["promote"]["version"] == "v000002"
+    evidence = Checkpoint.load(registry.version("v000002").model_path).selection
+    assert evidence is not None and float(evidence.sum()) > 0  # recall of each choice of weights on batch 1
