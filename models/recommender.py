@@ -236,6 +236,10 @@ class _AnchorPenalty:
         return self.strength * total
 
 
+class UnsupportedCheckpointFormat(ValueError):
+    """A checkpoint written by an older (or newer) tidal: only a full retrain can replace it."""
+
+
 class Checkpoint:
     """Model arguments + id vocabularies + weights + optimizer state + popularity prior + the online choice of
     the popularity term.
@@ -315,8 +319,8 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, state: dict) -> "Checkpoint":
         if state.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported checkpoint format {state.get('format')!r} (this code reads "
-                             f"{FORMAT_VERSION}; retrain to upgrade)")
+            raise UnsupportedCheckpointFormat(f"unsupported checkpoint format {state.get('format')!r} (this code "
+                                              f"reads {FORMAT_VERSION}; retrain to upgrade)")
         return cls(config=state["config"], user_ids=state["user_ids"], item_ids=state["item_ids"],
                    categories=state["categories"], catalog_ids=state["catalog_ids"],
                    catalog_categories=state["catalog_categories"], weights=state["weights"],

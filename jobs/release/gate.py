@@ -23,13 +23,16 @@ from tidal.storage import StorageLayout, atomic_write_json
 
 
 def gate_decision(candidate: dict | None, production: dict | None, *, finite: bool, recall_tolerance: float,
-                  k: int) -> tuple[bool, str]:
-    """Pure decision rule, given the two metric dicts (None for a model that does not exist)."""
+                  k: int, production_unreadable: str | None = None) -> tuple[bool, str]:
+    """Pure decision rule, given the two metric dicts (None for a model that does not exist, or that this code
+    cannot read: `production_unreadable` says why, and only a full retrain can get that far)."""
     key = f"recall_at_{k}"
     if not finite:
         return False, "candidate weights or loss are not finite"
     if candidate is None:
         return False, "no candidate metrics"
+    if production is None and production_unreadable:
+        return True, f"production cannot be scored ({production_unreadable}): the full retrain replaces it on its own"
     if production is None:
         return True, "first model: no production to compare with"
     if math.isnan(candidate[key]) or math.isnan(production[key]):
@@ -44,7 +47,7 @@ def gate_decision(candidate: dict | None, production: dict | None, *, finite: bo
 
 def run_gate(settings: Settings, run_id: str, reports_dir: Path | None = None) -> dict[str, Any]:
     from models.metrics import evaluate_window
-    from models.recommender import Checkpoint
+    from models.recommender import Checkpoint, UnsupportedCheckpointFormat
 
     layout = StorageLayout(settings.home)
     registry = Registry(layout.registry)
@@ -66,11 +69,19 @@ def run_gate(settings: Settings, run_id: str, reports_dir: Path | None = None) -
         candidate = Checkpoint.load(candidate_dir / MODEL_FILE)
         finite = candidate.weights_finite()
         candidate_metrics = evaluate_window(candidate, history, holdout, k=k) if finite else None
-    production = registry.production()
+    production, unreadable = registry.production(), None
     if production is not None:
-        production_metrics = evaluate_window(Checkpoint.load(production.model_path), history, holdout, k=k)
+        try:
+            production_model = Checkpoint.load(production.model_path)
+        except UnsupportedCheckpointFormat as old_format:
+            if metadata["kind"] != "full":
+                raise
+            unreadable = f"{production.version}: {old_format}"
+        else:
+            production_metrics = evaluate_window(production_model, history, holdout, k=k)
     passed, reason = gate_decision(candidate_metrics, production_metrics, finite=finite,
-                                   recall_tolerance=settings.params.gate.recall_tolerance, k=k)
+                                   recall_tolerance=settings.params.gate.recall_tolerance, k=k,
+                                   production_unreadable=unreadable)
     metadata["gate"] = {"passed": passed, "reason": reason, "candidate": candidate_metrics,
                         "production": production_metrics, "production_version": production.version if production else None,
                         "held_out_examples": len(holdout)}

@@ -18,7 +18,7 @@ from jobs.drift.reference import drift_reference_sample
 from jobs.training.candidate import candidate_metadata, split_holdout, train_config, write_candidate
 from tidal.config import Settings
 from tidal.datasets import TRAINING_COLUMNS, load_item_metadata, load_training_set
-from tidal.registry import Registry
+from tidal.registry import ModelVersion, Registry
 from tidal.storage import StorageLayout, write_step_summary
 
 
@@ -43,9 +43,23 @@ def validate_training_set(settings: Settings, run_id: str, built: dict[str, Any]
     return summary
 
 
+def production_selection(production: ModelVersion | None):
+    """Production's evidence for the weights of its score, or None (no production, or one of an older format)."""
+    from models.recommender import Checkpoint, UnsupportedCheckpointFormat
+
+    if production is None:
+        return None
+    try:
+        return Checkpoint.load(production.model_path).selection
+    except UnsupportedCheckpointFormat as old_format:
+        print(f"[retrain] production {production.version} is not readable ({old_format}); this retrain replaces it "
+              "without its evidence", flush=True)
+        return None
+
+
 def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], request: dict[str, Any],
                        reports_dir: Path | None = None) -> dict[str, Any]:
-    from models.recommender import Checkpoint, train
+    from models.recommender import train
 
     layout = StorageLayout(settings.home)
     registry = Registry(layout.registry)
@@ -55,8 +69,9 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
         cfg = dataclasses.replace(cfg, epochs=int(request["epochs"]))
     training, holdout = split_holdout(load_training_set(built["examples_path"]), params.gate.holdout_fraction)
     production = registry.production()
-    # A reset relearns the model, not what the stream has shown about the weights of its score: keep production's.
-    selection = Checkpoint.load(production.model_path).selection if production else None
+    # A reset relearns the model, not what the stream has shown about the weights of its score: keep production's
+    # (unless production is in a format this code cannot read: this retrain is the upgrade).
+    selection = production_selection(production)
     result = train(training[TRAINING_COLUMNS], cfg=cfg, init_from=None, anchor=None, replay=None,
                    items=load_item_metadata(layout), selection=selection,
                    progress=lambda msg: print(f"[retrain] {msg}", flush=True))
