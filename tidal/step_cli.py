@@ -1,5 +1,5 @@
 """The one shape of a step's command line: `tidal STEP --run-id RUN [--batch-ids N ...]` runs the step's function
-for that run, writes its summary to the run's reports folder and prints it as JSON."""
+for that run (which writes its summary to the run's reports folder) and prints the summary as JSON."""
 
 from __future__ import annotations
 
@@ -26,12 +26,3 @@ def run_step_main(argv: list[str] | None, *, prog: str, description: str,
     summary = run(settings, args, StorageLayout(settings.home).run_reports(args.run_id))
     print(json.dumps(summary, indent=2, default=str))
     return exit_code(summary)
-
-
-def record_summary(reports_dir: Path | None, step: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write the step's summary to the run's reports folder when there is one; return it."""
-    from tidal.storage import write_step_summary
-
-    if reports_dir is not None:
-        write_step_summary(reports_dir, step, summary)
-    return summary

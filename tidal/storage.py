@@ -115,3 +115,11 @@ def write_step_summary(reports_dir: Path, step: str, summary: dict[str, Any]) ->
     path = reports_dir / f"{step}.json"
     atomic_write_json(path, summary)
     return path
+
+
+def record_summary(reports_dir: Path | None, step: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """write_step_summary when the run has a reports folder (a step called outside a run has none); returns the
+    summary, so a step can end with `return record_summary(...)`."""
+    if reports_dir is not None:
+        write_step_summary(reports_dir, step, summary)
+    return summary

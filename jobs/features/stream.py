@@ -35,7 +35,7 @@ from tidal.config import Settings, load_settings
 from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest_before, read_batch_manifests,
                              summarize_batches)
 from tidal.spark import spark_for
-from tidal.storage import StorageLayout, atomic_write_json, partition_value, read_json, write_step_summary
+from tidal.storage import StorageLayout, atomic_write_json, partition_value, read_json, record_summary
 
 
 @dataclass(frozen=True)
@@ -304,9 +304,7 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
     summary = summarize_batches(read_batch_manifests(layout, batch_ids), time.monotonic() - started)
     # After the stream has stopped: this job is bronze's only writer, so no batch can write a date being compacted.
     summary["compaction"] = compact_bronze(spark, settings)
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "features", summary)
-    return summary
+    return record_summary(reports_dir, "features", summary)
 
 
 def main(argv: list[str] | None = None) -> int:

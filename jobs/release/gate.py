@@ -18,8 +18,8 @@ import pandas as pd
 from tidal.config import Settings
 from tidal.datasets import recent_history
 from tidal.registry import HOLDOUT_FILE, METADATA_FILE, MODEL_FILE, Registry
-from tidal.step_cli import record_summary, run_step_main
-from tidal.storage import StorageLayout, atomic_write_json
+from tidal.step_cli import run_step_main
+from tidal.storage import StorageLayout, atomic_write_json, record_summary
 
 
 def gate_decision(candidate: dict | None, production: dict | None, *, finite: bool, recall_tolerance: float,

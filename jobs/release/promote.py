@@ -14,7 +14,7 @@ from typing import Any
 from tidal.config import Settings
 from tidal.registry import Registry, StaleCandidate
 from tidal.step_cli import run_step_main
-from tidal.storage import StorageLayout, read_json, write_step_summary
+from tidal.storage import StorageLayout, read_json, record_summary
 
 
 def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], reports_dir: Path | None = None,
@@ -41,9 +41,7 @@ def run_promote(settings: Settings, run_id: str, gate_summary: dict[str, Any], r
     summary["production_version"] = production.version if production else None
     print(f"[promote] {'promoted ' + summary['version'] if summary['promoted'] else 'not promoted'}; "
           f"production is {summary['production_version']}", flush=True)
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "promote", summary)
-    return summary
+    return record_summary(reports_dir, "promote", summary)
 
 
 def main(argv: list[str] | None = None) -> int:

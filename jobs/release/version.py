@@ -16,7 +16,7 @@ from jobs.release.dvc import dvc_file_md5, push_tracked, track_version
 from jobs.release.outbox import drain_outbox, outbox_entries, push_with_retries
 from tidal.config import Settings, load_settings
 from tidal.registry import VERSION_PATTERN, Registry
-from tidal.storage import StorageLayout, write_step_summary
+from tidal.storage import StorageLayout, record_summary
 
 
 def version_model(settings: Settings, version: str) -> dict[str, Any]:
@@ -36,9 +36,7 @@ def run_version(settings: Settings, run_id: str, reports_dir: Path | None = None
         if summary["status"] == "pushed":
             print(f"[version] {promoted.version} pushed to {summary['remote']} (md5 {summary['md5']})", flush=True)
     summary["outbox"] = {"drained": drained, "waiting": [e["version"] for e in outbox_entries(settings)]}
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "version", summary)
-    return summary
+    return record_summary(reports_dir, "version", summary)
 
 
 def main(argv: list[str] | None = None) -> int:

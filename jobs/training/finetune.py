@@ -22,8 +22,8 @@ from tidal.config import DriftParams, Settings
 from tidal.datasets import TRAINING_COLUMNS, example_batch_ids, load_examples, load_item_metadata, recent_history
 from tidal.drift_state import read_drift_state
 from tidal.registry import HOLDOUT_FILE, ModelVersion, Registry
-from tidal.step_cli import record_summary, run_step_main
-from tidal.storage import StorageLayout
+from tidal.step_cli import run_step_main
+from tidal.storage import StorageLayout, record_summary
 
 
 @dataclass(frozen=True)

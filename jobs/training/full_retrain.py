@@ -19,7 +19,7 @@ from jobs.training.candidate import candidate_metadata, split_holdout, train_con
 from tidal.config import Settings
 from tidal.datasets import TRAINING_COLUMNS, load_item_metadata, load_training_set
 from tidal.registry import ModelVersion, Registry
-from tidal.storage import StorageLayout, write_step_summary
+from tidal.storage import StorageLayout, record_summary, write_step_summary
 
 
 def validate_training_set(settings: Settings, run_id: str, built: dict[str, Any], reports_dir: Path) -> dict[str, Any]:
@@ -91,9 +91,7 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
                "trained_examples": len(training), "held_out_examples": len(holdout), "finite": finite,
                "epochs": cfg.epochs, "losses": metadata["losses"], "train_cpu_s": metadata["train_cpu_s"],
                "replaces": metadata["replaces"], "candidate": str(candidate_dir)}
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "retrain_train", summary)
-    return summary
+    return record_summary(reports_dir, "retrain_train", summary)
 
 
 def promote_or_register(settings: Settings, run_id: str, gate_summary: dict[str, Any], request: dict[str, Any],
@@ -116,6 +114,4 @@ def promote_or_register(settings: Settings, run_id: str, gate_summary: dict[str,
                                              f"`tidal rollback --to {version.version} --reason ...`"}
     production = registry.production()
     summary["production_version"] = production.version if production else None
-    if reports_dir is not None:
-        write_step_summary(reports_dir, "promote", summary)
-    return summary
+    return record_summary(reports_dir, "promote", summary)

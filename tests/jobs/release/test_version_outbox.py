@@ -21,8 +21,9 @@ from jobs.release.dvc import pull_version
 from jobs.release.outbox import drain_outbox, outbox_entries
 from jobs.release.version import run_version
 from tests.conftest import REPO_ROOT
+from tests.jobs.release.test_version import promote_dummy
 from tidal.registry import ChecksumMismatch, Registry
-from tidal.storage import StorageLayout, atomic_write_json
+from tidal.storage import StorageLayout
 
 
 pytestmark = pytest.mark.stack
@@ -91,14 +92,6 @@ def seaweed(tmp_path, monkeypatch):
     store.stop()
 
 
-def promote(layout: StorageLayout, run_id: str, payload: bytes) -> str:
-    registry = Registry(layout.registry)
-    staged = registry.new_candidate_dir(run_id)
-    (staged / "model.pt").write_bytes(payload)
-    atomic_write_json(staged / "metadata.json", {"run_id": run_id, "kind": "full"})
-    return registry.promote_candidate(run_id, reason="test").version
-
-
 def remote_keys(store: PrivateSeaweed) -> list[str]:
     reply = boto3.client("s3", endpoint_url=store.endpoint).list_objects_v2(Bucket="outage", Prefix="dvc/")
     return sorted(o["Key"] for o in reply.get("Contents", []))
@@ -107,15 +100,15 @@ def remote_keys(store: PrivateSeaweed) -> list[str]:
 def test_outage_queues_pushes_and_recovery_pushes_each_version_once(tidal_env, seaweed, tmp_path):
     settings = tidal_env({"version": {"push_attempts": 2, "backoff_s": 0.1, "max_backoff_s": 4.0}})
     layout = StorageLayout(settings.home).ensure()
-    v1 = promote(layout, "run-1", b"weights-one")
+    v1 = promote_dummy(layout, "run-1", b"weights-one")
     assert run_version(settings, "run-1")["status"] == "pushed"
     before_outage = remote_keys(seaweed)
 
     seaweed.stop()  # the object store goes down mid-stream
     started = time.monotonic()
-    v2 = promote(layout, "run-2", b"weights-two")
+    v2 = promote_dummy(layout, "run-2", b"weights-two")
     down = run_version(settings, "run-2")
-    v3 = promote(layout, "run-3", b"weights-three")
+    v3 = promote_dummy(layout, "run-3", b"weights-three")
     down3 = run_version(settings, "run-3")
     outage_s = time.monotonic() - started
     assert (down["status"], down["attempts"], down3["status"]) == ("queued", 2, "queued")
@@ -175,7 +168,7 @@ def test_credentials_from_an_airflow_connection_when_the_environment_has_none(ti
                            "extra": {"endpoint_url": endpoint}})
 
     monkeypatch.setenv("AIRFLOW_CONN_TIDAL_S3", connection("not-the-secret"))
-    promote(layout, "run-1", b"weights-conn")
+    promote_dummy(layout, "run-1", b"weights-conn")
     refused = run_version(settings, "run-1")
     assert refused["status"] == "queued" and [e["version"] for e in outbox_entries(settings)] == ["v000001"]
 
