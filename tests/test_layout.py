@@ -1,8 +1,9 @@
 """The layout's rules, read from the source with `ast`: no import cycle, no upward import, a docstring on every file.
 
-Layers, lowest first: `tidal` (plumbing) < `models` < `jobs` < `devtools` and `dags`. A module may import its own
-layer or a lower one, at the top of the file or inside a function alike: `tidal` never imports `jobs` or `models`,
-`models` never imports `jobs`, and nothing in the pipeline imports `dags` or the development tools.
+Layers, lowest first: `tidal` (plumbing) < `models` < `jobs` and `serving` < `devtools`, `dags` and `plugins`. A
+module may import its own layer or a lower one, at the top of the file or inside a function alike: `tidal` never
+imports `jobs` or `models`, `models` never imports `jobs`, serving never runs a job, and nothing in the pipeline
+imports `dags`, the UI plugin or the development tools.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-PACKAGES = ("tidal", "models", "jobs", "devtools", "dags")
+PACKAGES = ("tidal", "models", "jobs", "serving", "devtools", "dags", "plugins")
 # What each package may import from the project (itself included).
 ALLOWED = {
     "tidal": {"tidal"},
     "models": {"models", "tidal"},
     "jobs": {"jobs", "models", "tidal"},
+    "serving": {"serving", "models", "tidal"},  # the online path: reads the registry, never runs a job
     "devtools": {"devtools", "jobs", "models", "tidal"},
     "dags": {"dags", "jobs", "tidal"},  # jobs only inside tasks (tests/dags checks that parsing imports none)
+    "plugins": {"plugins", "jobs", "tidal"},  # the Airflow UI plugin: the same registry and report functions as the CLI
 }
 MAX_FUNCTION_LINES = 80
 
