@@ -87,6 +87,17 @@ class DecayedEASE:
             out[r] = self.values[lo:hi].numpy() @ b[self.indices[lo:hi].numpy()]
         return out
 
+    def items_scores(self, item_ids: Sequence[str], values: np.ndarray) -> np.ndarray:
+        """x B over the modelled items for one row x built from items (a user the model does not know):
+        (n,) ids with their values (n,) -> (N,); unmodelled ids are ignored, a repeated id keeps its largest
+        value (as a fit keeps a pair's latest event)."""
+        row = np.zeros(len(self.item_ids), dtype=np.float32)
+        for item, value in zip(item_ids, values):
+            j = self._item_index.get(item)
+            if j is not None:
+                row[j] = max(row[j], float(value))
+        return row @ self.weights.numpy() if row.any() else np.zeros(len(self.item_ids), dtype=np.float32)
+
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """(U, I) for any items; items without a row score 0."""
         cols = np.array([self._item_index.get(i, -1) for i in item_ids], dtype=np.int64)

@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -407,18 +407,21 @@ class Checkpoint:
         """The three terms of `score`: z-scored mf (U, I), z-scored EASE (U, I) and z-scored log-popularity for
         every grid half-life (G, I). Each is standardized over the whole vocabulary, not over the candidates
         asked for, so a score is a function of (user, item) alone."""
-        users = self._user_side(user_ids)                                   # (U, D)
+        zmf, zpop = self._mf_z(self._user_side(user_ids), item_ids)
+        return zmf, self._ease_z(user_ids, item_ids), zpop
+
+    def _mf_z(self, users: torch.Tensor, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """z-scored mf (U, I) of user vectors (U, D), and z-scored log-popularity (G, I)."""
         vec, bias, zpop = self._item_side(item_ids)                         # (I, D), (I,), (G, I)
         if not self._item_ids:
-            zeros = np.zeros((len(user_ids), len(item_ids)))
-            return zeros, zeros.copy(), zpop.double().numpy()
+            return np.zeros((users.shape[0], len(item_ids))), zpop.double().numpy()
         with torch.no_grad():
             raw = users @ vec.T + bias                                      # (U, I)
             all_vec, all_bias, _ = self._vocab_side()
             full = users @ all_vec.T + all_bias                             # (U, I_vocab)
             mu, sd = full.mean(1, keepdim=True), full.std(1, keepdim=True).clamp(min=1e-6)
             zmf = ((raw - mu) / sd).double().numpy()
-        return zmf, self._ease_z(user_ids, item_ids), zpop.double().numpy()
+        return zmf, zpop.double().numpy()
 
     def _ease_z(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         return ease_z(self.ease, len(self._item_ids), user_ids, item_ids)
@@ -426,13 +429,17 @@ class Checkpoint:
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """Scores (U, I) as float64: z(mf) + a * z(EASE) + w * z(log-popularity at half-life h), with
         (a, h, w) = `choice`; unknown users and items get cold-start scores."""
-        zmf, zease, zpop = self.score_parts(user_ids, item_ids)
+        return self._combine(*self.score_parts(user_ids, item_ids))
+
+    def _combine(self, zmf: np.ndarray, zease: np.ndarray, zpop: np.ndarray) -> np.ndarray:
         cfg, (a, g, w) = self.train_config, self.choice
         return combine(zmf, zease, zpop[g], float(ease_weights(cfg)[a]), float(popularity_weights(cfg)[w]))
 
     def recommend(self, user_ids: Sequence[str], k: int, *, candidates: Sequence[str] | None = None,
-                  exclude: Mapping[str, set[str]] | None = None) -> list[list[str]]:
-        """Top-k item ids per user, best first; `exclude` removes items per user (e.g. already seen)."""
+                  exclude: Mapping[str, Iterable[str]] | None = None) -> list[list[str]]:
+        """Top-k item ids per user, best first. `exclude` maps a user to items never to recommend to them (the
+        items they have seen, including those seen since the model was trained); ids outside the candidates
+        are ignored."""
         cand = list(self._item_ids if candidates is None else candidates)
         if not cand:
             return [[] for _ in user_ids]
@@ -444,6 +451,48 @@ class Checkpoint:
                 scores[row, cols] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]            # (U, k)
         return [[cand[j] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(top)]
+
+    # ----- users the model does not know: fold-in from their recent items ------------------------------------
+    def score_from_items(self, recent_item_ids: Sequence[str], item_ids: Sequence[str] | None = None
+                         ) -> np.ndarray:
+        """Scores (I,) of `item_ids` (default: the vocabulary) for a user the model does not know, from the
+        items they interacted with recently, newest first (as the online store keeps them), combined with the
+        same weights as `score`:
+        - mf: the user's vector is the mean of the recent items' vectors (own row + categories), weighted
+          0.5 ** (position / n) so the newest counts most and the oldest of the n about half;
+        - EASE: x B with x = 1 on each recent modelled item (recent events have almost no decay);
+        - popularity: as for any user.
+        Ids the model does not know are ignored; with none left (or an empty history) the user is scored like
+        an unknown user by `score`: item bias + popularity."""
+        cand = list(self._item_ids if item_ids is None else item_ids)
+        known = [i for i in recent_item_ids if i in self._item_index]
+        dim = int(self.weights["user"].shape[1])
+        user = torch.zeros(1, dim)
+        if known:
+            vec, _, _ = self._vocab_side()
+            rows = torch.tensor([self._item_index[i] for i in known])
+            recency = torch.pow(0.5, torch.arange(len(known), dtype=torch.float32) / len(known))  # (n,)
+            user = (recency.unsqueeze(1) * vec[rows]).sum(0, keepdim=True) / recency.sum()      # (1, D)
+        zmf, zpop = self._mf_z(user, cand)
+        modelled = self.ease.items_scores(known, np.ones(len(known))).astype(np.float64)[None, :]  # (1, N)
+        zease = standardize_ease(self.ease, modelled, len(self._item_ids), cand)
+        return self._combine(zmf, zease, zpop)[0]
+
+    def recommend_from_items(self, recent_item_ids: Sequence[str], k: int, exclude: Iterable[str] = (), *,
+                             candidates: Sequence[str] | None = None, exclude_recent: bool = True
+                             ) -> list[tuple[str, float]]:
+        """Top-k (item id, score) for a user the model does not know, best first, scored by
+        `score_from_items` from their recent items (newest first). The recent items themselves are not
+        recommended (`exclude_recent=False` keeps them), nor anything in `exclude`; `candidates` defaults to
+        the model's items. An empty history gives the unknown-user ranking (item bias + popularity)."""
+        cand = list(self._item_ids if candidates is None else candidates)
+        if not cand or k <= 0:
+            return []
+        scores = self.score_from_items(recent_item_ids, cand)
+        banned = set(exclude) | (set(recent_item_ids) if exclude_recent else set())
+        scores[[j for j, item in enumerate(cand) if item in banned]] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(cand[j], float(scores[j])) for j in top if np.isfinite(scores[j])]
 
 
 def popularity_z(popularity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -461,13 +510,21 @@ def ease_z(ease: DecayedEASE, n_vocab: int, user_ids: Sequence[str], item_ids: S
     ones score x_u B and the rest 0."""
     if not ease.item_ids:
         return np.zeros((len(user_ids), len(item_ids)))
-    modelled = ease.user_scores(user_ids).astype(np.float64)               # (U, N)
+    return standardize_ease(ease, ease.user_scores(user_ids).astype(np.float64), n_vocab, item_ids)
+
+
+def standardize_ease(ease: DecayedEASE, modelled: np.ndarray, n_vocab: int, item_ids: Sequence[str]
+                     ) -> np.ndarray:
+    """Rows x B over the modelled items (U, N) -> their z-scores (U, I) over a vocabulary of `n_vocab` items
+    (the unmodelled ones score 0), looked up for `item_ids`."""
+    if not ease.item_ids:
+        return np.zeros((modelled.shape[0], len(item_ids)))
     n_vocab, n = max(n_vocab, len(ease.item_ids)), len(ease.item_ids)
     mu = modelled.sum(1, keepdims=True) / n_vocab
     var = ((modelled - mu) ** 2).sum(1, keepdims=True) + (n_vocab - n) * mu ** 2
     sd = np.sqrt(var / max(n_vocab - 1, 1)).clip(min=1e-6)
     cols = np.array([ease._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
-    raw = np.zeros((len(user_ids), len(item_ids)))
+    raw = np.zeros((modelled.shape[0], len(item_ids)))
     raw[:, cols >= 0] = modelled[:, cols[cols >= 0]]
     return (raw - mu) / sd
 

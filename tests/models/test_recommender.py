@@ -256,3 +256,89 @@ def test_finetune_is_observe_then_train(stream):
     for name in a.weights:
         assert torch.equal(a.weights[name], b.weights[name])
     assert base.selection is None                      # production's checkpoint is untouched
+
+
+@pytest.fixture(scope="module")
+def groups_model():
+    # Four taste groups (item i belongs to group i % 4); users pick their group's items 90% of the time.
+    interactions, items = synthetic_stream(n_users=80, n_items=60, n_events=4000, n_groups=4, seed=2,
+                                           affinity=0.9)
+    return train(interactions, cfg=dataclasses.replace(FAST, epochs=6), items=items).checkpoint
+
+
+def test_fold_in_user_gets_the_taste_group_of_their_recent_items(groups_model):
+    ck = groups_model
+    for g in range(4):
+        group = [i for i in ck.item_ids if int(i[1:]) % 4 == g]
+        in_group = np.array([int(i[1:]) % 4 == g for i in ck.item_ids])
+        recent = ["unknown_item"] + group[:6]                # newest first; the unknown id is ignored
+        recs = ck.recommend_from_items(recent, k=8)
+        assert len(recs) == 8
+        # A quarter of the catalogue is the group: at least 5 of the top 8 come from it (chance: 2).
+        assert sum(int(item[1:]) % 4 == g for item, _ in recs) >= 5
+        scores = ck.score_from_items(recent)
+        assert np.mean(scores[in_group][:, None] > scores[~in_group][None, :]) > 0.85   # AUC of the group
+        assert not set(group[:6]) & {item for item, _ in recs}  # the recent items themselves are not offered
+    # The cold ranking does not know the taste: its group AUC is near chance.
+    cold = ck.score_from_items([])
+    in_group = np.array([int(i[1:]) % 4 == 2 for i in ck.item_ids])
+    assert 0.3 < np.mean(cold[in_group][:, None] > cold[~in_group][None, :]) < 0.7
+
+
+def test_fold_in_excludes_and_scores_like_score(groups_model):
+    ck = groups_model
+    recent = [i for i in ck.item_ids if int(i[1:]) % 4 == 1][:5]
+    recs = ck.recommend_from_items(recent, k=8)
+    values = [s for _, s in recs]
+    assert values == sorted(values, reverse=True) and np.isfinite(values).all()
+    full = ck.score_from_items(recent)
+    for item, value in recs:
+        assert full[ck.item_ids.index(item)] == pytest.approx(value)
+    banned = [item for item, _ in recs[:3]]
+    again = ck.recommend_from_items(recent, k=5, exclude=banned)
+    assert [item for item, _ in again] == [item for item, _ in recs[3:8]]
+    kept = ck.recommend_from_items(recent, k=len(ck.item_ids), exclude_recent=False)
+    assert len(kept) == len(ck.item_ids) and set(recent) <= {item for item, _ in kept}
+    # No history, or only unknown items: exactly the unknown-user scores of `score` (item bias + popularity).
+    cold = ck.score(["never_seen_user"], ck.item_ids)[0]
+    np.testing.assert_allclose(ck.score_from_items([]), cold, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ck.score_from_items(["nope", "nada"]), cold, rtol=1e-6, atol=1e-6)
+    assert [item for item, _ in ck.recommend_from_items([], k=5)] == \
+        [ck.item_ids[j] for j in np.argsort(-cold, kind="stable")[:5]]
+
+
+def test_fold_in_combines_its_terms_with_the_selected_weights(groups_model):
+    from models.recommender import ease_weights, popularity_weights
+
+    ck = groups_model
+    cfg = ck.train_config
+    recent = [i for i in ck.item_ids if int(i[1:]) % 4 == 3][:4]
+
+    def at(cell):   # the fold-in scores of the model whose evidence points at one grid cell (a, g, w)
+        evidence = np.zeros((5, 6, 7))
+        evidence[cell] = 1.0
+        model = ck.with_selection(evidence)
+        assert model.choice == cell
+        return model.score_from_items(recent)
+
+    zmf = at((0, 0, 0))                                          # weights 0: the fold-in mf term alone
+    ease = (at((4, 0, 0)) - zmf) / float(ease_weights(cfg)[4])   # the EASE term, per unit of weight
+    pop = (at((0, 3, 6)) - zmf) / float(popularity_weights(cfg)[6])
+    # Any other cell is the same three terms with that cell's weights, as in `score`.
+    expected = zmf + float(ease_weights(cfg)[2]) * ease + float(popularity_weights(cfg)[4]) * pop
+    np.testing.assert_allclose(at((2, 3, 4)), expected, atol=1e-6)
+    # The EASE term of a taste group's items favours that group; the popularity term is the users' one.
+    in_group = np.array([int(i[1:]) % 4 == 3 for i in ck.item_ids])
+    assert ease[in_group].mean() > ease[~in_group].mean() + 1.0
+    zpop = ck.score_parts(["u1"], ck.item_ids)[2][3]
+    np.testing.assert_allclose(pop, zpop, atol=1e-5)
+
+
+def test_recommend_excludes_items_seen_after_training(groups_model):
+    ck = groups_model
+    user = ck.user_ids[0]
+    top = ck.recommend([user], k=5)[0]
+    seen_since = top[:2] + ["an_item_the_model_never_saw"]   # e.g. from the online store, a list
+    after = ck.recommend([user, ck.user_ids[1]], k=5, exclude={user: seen_since})
+    assert after[0][:3] == top[2:5] and not set(top[:2]) & set(after[0])
+    assert after[1] == ck.recommend([ck.user_ids[1]], k=5)[0]  # other users unaffected
