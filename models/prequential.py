@@ -38,9 +38,11 @@ shared; each strategy is charged the CPU of every training it relies on, the war
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing as mp
+import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -426,8 +428,9 @@ def _run_steps(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: Trai
             torch.set_num_threads(torch_threads)
     else:
         # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-        with ProcessPoolExecutor(protocol.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(interactions, items, cfg, protocol)) as pool:
+        with _blas_threads(protocol.torch_threads), ProcessPoolExecutor(
+                protocol.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                initargs=(interactions, items, cfg, protocol)) as pool:
             running = {}
             while ready or running:
                 ready.sort(key=lambda r: -r[0])
@@ -439,6 +442,25 @@ def _run_steps(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: Trai
                     label, fn, args = running.pop(future)
                     finished(label, fn, args, future.result())
     return {s: assemble_seed(parts[s], n, protocol, cfg) for s in seeds}
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int):
+    """numpy's BLAS threads in the processes spawned inside, like torch's (`Protocol.torch_threads`): each
+    worker is one process per core, and a BLAS pool per worker would only spin on cores another worker uses
+    (measured: a third of a fine-tune's process CPU on this 2-core machine). Spawned processes read these
+    variables when they import numpy."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(n) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_seed(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: TrainConfig, protocol: Protocol,

@@ -585,14 +585,11 @@ def _merge_catalog(prev: Checkpoint | None, items: pd.DataFrame | None, categori
         parsed[r, : len(row)] = row
     new_rows = parsed[codes]                                                 # (len(items), width)
     item_ids = items["item_id"].astype(str).to_numpy()
-    # Later rows win: an item listed twice keeps its last metadata.
-    position = {item: j for j, item in enumerate(ids)}
-    target = np.empty(len(item_ids), dtype=np.int64)
-    for r, item in enumerate(item_ids):
-        if item not in position:
-            position[item] = len(ids)
-            ids.append(item)
-        target[r] = position[item]
+    # New ids are appended in order of first appearance; later rows win: an item listed twice keeps its last
+    # metadata.
+    fresh = item_ids[pd.Index(ids, dtype=object).get_indexer(item_ids) < 0]
+    ids.extend(pd.unique(fresh).tolist())
+    target = pd.Index(ids, dtype=object).get_indexer(item_ids)
     merged = np.zeros((len(ids), width), dtype=np.int64)
     merged[: len(mat)] = mat
     merged[target] = new_rows
@@ -679,7 +676,8 @@ class _Vocab:
             _extend_vocab(item_ids, iidx, frame["item_id"].astype(str).to_numpy())
         if items is not None and "categories" in items.columns:
             known = set(categories)
-            for joined in items["categories"].fillna("").astype(str):
+            # Each distinct string once, in order of first appearance (the same order as every row).
+            for joined in pd.unique(items["categories"].fillna("").astype(str)):
                 for c in joined.split("|")[: cfg.max_categories]:
                     if c and c not in known:
                         known.add(c)

@@ -342,3 +342,18 @@ def test_recommend_excludes_items_seen_after_training(groups_model):
     after = ck.recommend([user, ck.user_ids[1]], k=5, exclude={user: seen_since})
     assert after[0][:3] == top[2:5] and not set(top[:2]) & set(after[0])
     assert after[1] == ck.recommend([ck.user_ids[1]], k=5)[0]  # other users unaffected
+
+
+@pytest.mark.parametrize("users", [30, 200])
+def test_ease_ridge_inverse_is_the_inverse_on_either_side(users):
+    # Fewer users than items takes the Woodbury side, more users the Gram side: both are (X^T X + lambda I)^-1.
+    from models.ease import ridge_inverse
+
+    gen = torch.Generator().manual_seed(users)
+    x = torch.rand(users, 80, generator=gen, dtype=torch.float64) * (torch.rand(users, 80, generator=gen) < 0.2)
+    gram = x.T @ x
+    lam = 3.0 * float(gram.diagonal().mean())
+    expected = torch.linalg.inv(gram + lam * torch.eye(80, dtype=torch.float64))
+    got = ridge_inverse(x, 3.0)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(ridge_inverse(x, 6.0), expected)   # the ridge is the share asked for
