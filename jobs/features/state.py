@@ -16,6 +16,10 @@ previous one, so state is updated incrementally and never recomputed over all hi
   the next batch drops the buckets older than the longest window plus the allowed lateness before the newest
   bucket: the next batch's watermark quarantines events that old as late, so none of its examples needs them.
 
+- Recent items: per user the `features.online_recent_items` most recent distinct items (each at its latest event
+  time, newest first, ties by item id), kept under features/state/user_recent/ as (user_id, item_id, event_s) rows;
+  the online store's `recent` group is read from it.
+
 Outliers (bots, scrapers): within a micro-batch, per user x = log1p(events); robust z = 0.6745 (x - median) / MAD
 (Iglewicz & Hoaglin); a user is flagged when z > `features.outlier_z` and it has at least
 `features.outlier_min_events` events. Items are flagged when at least that many events came more than half from
@@ -31,6 +35,7 @@ import math
 
 ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double"
 ITEM_BUCKET_STATE_SCHEMA = "item_id string, bucket long, events long"
+USER_RECENT_STATE_SCHEMA = "user_id string, item_id string, event_s double"
 SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids are JSON strings, control chars aside)
 LN2 = math.log(2.0)
 
@@ -190,3 +195,16 @@ def item_window_popularity(examples_df, bucket_state_df, bucket_s: int, windows_
     for w in windows_s:
         out = out.withColumn(popularity_column(w), F.coalesce(F.col(popularity_column(w)), F.lit(0)).cast("long"))
     return out.drop("_bucket")
+
+
+def update_user_recent(state_df, events_df, cap: int):
+    """User recent-items state (user_id, item_id, event_s) + this batch's events -> the new state: per user the
+    `cap` distinct items with the latest event times, each at its latest time. Order-free (a max, then a rank with
+    ties broken by item id), so however the events were cut into batches the state is the same."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    batch = events_df.select("user_id", "item_id", F.col("event_time").cast("double").alias("event_s"))
+    latest = state_df.unionByName(batch).groupBy("user_id", "item_id").agg(F.max("event_s").alias("event_s"))
+    rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("event_s").desc(), F.col("item_id")))
+    return latest.withColumn("_rank", rank).filter(F.col("_rank") <= cap).drop("_rank")

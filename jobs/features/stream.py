@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from jobs.features.compact import compact_bronze
-from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, entity_features, flag_outliers,
-                                 item_content_features, item_window_popularity, prune_item_buckets, update_entity_state,
-                                 update_item_buckets)
+from jobs.features.online import publish_batch
+from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, USER_RECENT_STATE_SCHEMA,
+                                 entity_features, flag_outliers, item_content_features, item_window_popularity,
+                                 prune_item_buckets, update_entity_state, update_item_buckets, update_user_recent)
 from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, landing_lines, parquet_lines,
                                       training_examples)
 from tidal.config import Settings, load_settings
-from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest_before, read_batch_manifests,
-                             summarize_batches)
+from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest, latest_manifest_before,
+                             read_batch_manifests, summarize_batches)
 from tidal.spark import spark_for
 from tidal.storage import StorageLayout, atomic_write_json, partition_value, read_json, record_summary
 
@@ -58,9 +59,9 @@ class BatchStats:
 
 
 def snapshot_dirs(layout: StorageLayout) -> dict[str, Path]:
-    """The per-batch state snapshots: dedupe ids, entity state, item popularity buckets."""
+    """The per-batch state snapshots: dedupe ids, entity state, item popularity buckets, users' recent items."""
     return {"event_ids": layout.feature_state / "event_ids", "entities": layout.feature_state / "entities",
-            "item_buckets": layout.feature_state / "item_buckets"}
+            "item_buckets": layout.feature_state / "item_buckets", "user_recent": layout.feature_state / "user_recent"}
 
 
 def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, settings: Settings,
@@ -79,10 +80,12 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     write_bronze(accepted, batch_id, layout)
     training, outlier_users, outlier_items = without_outliers(accepted, settings)
     write_state_and_examples(spark, training, batch_id, layout, settings)
+    online = write_online_state(spark, training, batch_id, layout, settings, stats.new_max)
     write_quarantine(classified, batch_id, layout)
     write_dedupe_state(dedupe.seen, accepted, stats.new_watermark, snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}")
     classified.unpersist()
-    manifest = batch_manifest(batch_id, layout, stats, dedupe.watermark, outlier_users, outlier_items)
+    manifest = {**batch_manifest(batch_id, layout, stats, dedupe.watermark, outlier_users, outlier_items),
+                "online_store": online}
     atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
     prune_snapshots(layout, batch_id)
     return manifest
@@ -183,6 +186,42 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     if items_csv.exists():
         examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))
     examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
+
+
+def write_online_state(spark, training, batch_id: int, layout: StorageLayout, settings: Settings,
+                       clock: datetime | None) -> dict[str, Any]:
+    """The users' recent-items snapshot (always: it is offline state), then the batch's online state projected from
+    it and from the item buckets (jobs/features/online.py). An unreachable store is reported, never raised."""
+    dirs = snapshot_dirs(layout)
+    previous = latest_snapshot_before(dirs["user_recent"], batch_id)
+    recent = update_user_recent(spark.read.parquet(str(previous)) if previous else
+                                spark.createDataFrame([], USER_RECENT_STATE_SCHEMA), training,
+                                settings.params.features.online_recent_items)
+    snapshot = dirs["user_recent"] / f"batch_id={batch_id}"
+    recent.write.mode("overwrite").parquet(str(snapshot))
+    if not settings.online_store.url:
+        return {"status": "off"}
+    users = sorted(r.user_id for r in training.select("user_id").distinct().collect())
+    buckets = dirs["item_buckets"] / f"batch_id={batch_id}"
+    return publish_batch(layout, settings, batch_id, snapshot, buckets if (buckets / "_SUCCESS").exists() else None,
+                         clock.timestamp() if clock else None, users)
+
+
+def sync_online_store(settings: Settings) -> dict[str, Any]:
+    """`tidal features --sync-online`: write the newest committed batch's whole online state (every user and item in
+    its snapshots) now, e.g. once the store is back after an outage, without waiting for new events."""
+    layout = StorageLayout(settings.home)
+    manifest = latest_manifest(layout)
+    if manifest is None:
+        return {"status": "nothing to sync: no micro-batch has been processed yet"}
+    batch_id, dirs = manifest["batch_id"], snapshot_dirs(layout)
+    recent, buckets = dirs["user_recent"] / f"batch_id={batch_id}", dirs["item_buckets"] / f"batch_id={batch_id}"
+    if not (recent / "_SUCCESS").exists():
+        return {"status": f"nothing to sync: batch {batch_id} has no recent-items snapshot (written before the online "
+                          "store existed); the next batch writes one"}
+    clock = datetime.fromisoformat(manifest["max_event_time"]).timestamp() if manifest.get("max_event_time") else None
+    return {"batch_id": batch_id, **publish_batch(layout, settings, batch_id, recent, buckets if
+                                                  (buckets / "_SUCCESS").exists() else None, clock, [], full=True)}
 
 
 def write_quarantine(classified, batch_id: int, layout: StorageLayout) -> None:
@@ -301,17 +340,33 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
              .option("checkpointLocation", str(layout.stream_checkpoint))
              .trigger(availableNow=True).start())
     query.awaitTermination()
-    summary = summarize_batches(read_batch_manifests(layout, batch_ids), time.monotonic() - started)
+    manifests = read_batch_manifests(layout, batch_ids)
+    summary = summarize_batches(manifests, time.monotonic() - started)
+    summary["online_store"] = online_summary(settings, manifests)
     # After the stream has stopped: this job is bronze's only writer, so no batch can write a date being compacted.
     summary["compaction"] = compact_bronze(spark, settings)
     return record_summary(reports_dir, "features", summary)
 
 
+def online_summary(settings: Settings, manifests: list[dict]) -> dict[str, Any]:
+    """Where the run's online state went, and which batches could not write it (they are resynced later)."""
+    unreachable = [m["batch_id"] for m in manifests if m.get("online_store", {}).get("status") == "unreachable"]
+    return {"url": settings.online_store.display_url, "namespace": settings.online_store.namespace,
+            "batches_written": sum(m.get("online_store", {}).get("status") == "written" for m in manifests),
+            "batches_unreachable": unreachable}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tidal features", description="Process new landing files into features.")
     parser.add_argument("--run-id", default=None, help="report folder name (default: a timestamp)")
+    parser.add_argument("--sync-online", action="store_true",
+                        help="only write the newest batch's whole state to the online store (after an outage)")
     args = parser.parse_args(argv)
     settings = load_settings()
+    if args.sync_online:
+        result = sync_online_store(settings)
+        print(json.dumps(result, indent=2))
+        return 0 if result.get("status") in ("written", None) or result["status"].startswith("nothing") else 1
     run_id = args.run_id or datetime.now(timezone.utc).strftime("manual__%Y%m%dT%H%M%S")
     summary = run_features(settings, StorageLayout(settings.home).run_reports(run_id))
     print(json.dumps(summary, indent=2))

@@ -52,9 +52,17 @@ def event_time_range(examples: pd.DataFrame) -> list[str] | None:
     return [times.min().isoformat(), times.max().isoformat()]
 
 
+def newest_event_time(trained_on: pd.DataFrame) -> str | None:
+    """The newest event the model learned from (not the held-out slice it was gated on): where freshness is
+    measured from, up to the moment serving answers with this model."""
+    span = event_time_range(trained_on)
+    return span[1] if span else None
+
+
 def candidate_metadata(run_id: str, kind: str, *, parent: str | None, anchor: str | None, batch_ids: list[int],
-                       rows: dict[str, int], time_range: list[str] | None, result: Any, finite: bool, cfg: Any,
-                       extra_params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+                       rows: dict[str, int], time_range: list[str] | None, trained_on: pd.DataFrame, result: Any,
+                       finite: bool, cfg: Any, extra_params: dict[str, Any] | None = None, **extra: Any
+                       ) -> dict[str, Any]:
     """The metadata of a new version, for both kinds of training run; `extra` (and `extra_params`, beside the
     train section) hold what only one kind records."""
     return {
@@ -66,6 +74,7 @@ def candidate_metadata(run_id: str, kind: str, *, parent: str | None, anchor: st
         "last_batch_id": batch_ids[-1],
         "rows": rows,
         "event_time_range": time_range,
+        "newest_event_time": newest_event_time(trained_on),
         "finite": finite,
         "losses": [float(x) for x in result.losses],
         "train_cpu_s": round(result.train_cpu_s, 3),

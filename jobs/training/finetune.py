@@ -139,7 +139,8 @@ def run_finetune(settings: Settings, run_id: str, reports_dir: Path | None = Non
             run_id, kind, parent=production.version if production else None,
             anchor=production.metadata["anchor"] if production else None, batch_ids=data.batch_ids,
             rows={"trained": len(data.training), "held_out": len(data.holdout), "replay": replay_rows},
-            time_range=event_time_range(data.new), result=result, finite=finite, cfg=start.cfg)))
+            time_range=event_time_range(data.new), trained_on=data.training, result=result, finite=finite,
+            cfg=start.cfg)))
     finite = metadata["finite"]
     summary.update(status="trained" if finite else "rejected_non_finite", kind=kind, parent=metadata["parent"],
                    trained_examples=len(data.training), held_out_examples=len(data.holdout), finite=finite,

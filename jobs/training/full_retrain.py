@@ -82,7 +82,7 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
                                               lambda finite: candidate_metadata(
         run_id, "full", parent=None, anchor=None, batch_ids=built["batch_ids"],
         rows={"trained": len(training), "held_out": len(holdout), "replay": 0},
-        time_range=built["event_time_range"], result=result, finite=finite, cfg=cfg,
+        time_range=built["event_time_range"], trained_on=training, result=result, finite=finite, cfg=cfg,
         extra_params={"retrain": {"history_days": request["history_days"], "epochs": cfg.epochs}},
         replaces=production.version if production else None,
         retrain={"reason": request["reason"], "trigger": request["trigger"], "promote": request["promote"]}))

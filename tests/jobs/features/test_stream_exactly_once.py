@@ -1,5 +1,6 @@
 """features: exactly once across SIGKILL. The job runs as its own process (`python -m jobs.features`), is killed at
-several points of a micro-batch, rerun, and its final state compared with an uninterrupted run on the same files."""
+several points of a micro-batch, rerun, and its final state compared with an uninterrupted run on the same files;
+the online store too (both runs write one real Valkey, each under its own namespace)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def landing_files() -> dict[str, bytes]:
     return files
 
 
-def make_home(root: Path) -> dict[str, str]:
+def make_home(root: Path, online_url: str, namespace: str) -> dict[str, str]:
     home = root / "home"
     landing = home / "landing" / "events"
     landing.mkdir(parents=True)
@@ -48,7 +49,8 @@ def make_home(root: Path) -> dict[str, str]:
         # Distinct modification times so the file source takes them in the same order every run.
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
     params = write_params(root / "params.yaml", {"features": {"max_files_per_trigger": 1}})
-    return {**os.environ, "TIDAL_HOME": str(home), "TIDAL_PARAMS": str(params), "PYTHONPATH": str(REPO_ROOT)}
+    return {**os.environ, "TIDAL_HOME": str(home), "TIDAL_PARAMS": str(params), "PYTHONPATH": str(REPO_ROOT),
+            "TIDAL_REDIS_URL": online_url, "TIDAL_REDIS_NAMESPACE": namespace}
 
 
 def start_job(env: dict[str, str]) -> subprocess.Popen:
@@ -93,25 +95,44 @@ def final_state(home: Path) -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def reference_run(spark, tmp_path_factory):
+def online_server(tmp_path_factory):
+    from tests.conftest import ValkeyServer
+
+    server = ValkeyServer(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def online_keys(url: str, namespace: str) -> dict:
+    from tidal.online_store import connect, dump_namespace
+    from tidal.config import online_store_settings
+
+    settings = online_store_settings(url, namespace)
+    return dump_namespace(connect(settings), settings)
+
+
+@pytest.fixture(scope="module")
+def reference_run(spark, tmp_path_factory, online_server):
     """The same files, processed by one uninterrupted run (in process, on the session's Spark)."""
     from jobs.features.stream import run_features
     from tidal.config import load_settings
 
-    env = make_home(tmp_path_factory.mktemp("uninterrupted"))
+    env = make_home(tmp_path_factory.mktemp("uninterrupted"), online_server.url, "uninterrupted")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIDAL_HOME", env["TIDAL_HOME"])
-        mp.setenv("TIDAL_PARAMS", env["TIDAL_PARAMS"])
+        for name in ("TIDAL_HOME", "TIDAL_PARAMS", "TIDAL_REDIS_URL", "TIDAL_REDIS_NAMESPACE"):
+            mp.setenv(name, env[name])
         summary = run_features(load_settings())
     return Path(env["TIDAL_HOME"]), summary
 
 
-def test_sigkill_at_several_points_then_rerun_matches_an_uninterrupted_run(reference_run, tmp_path):
+def test_sigkill_at_several_points_then_rerun_matches_an_uninterrupted_run(reference_run, online_server, tmp_path):
     ref_home, ref_summary = reference_run
     # One batch per file, then one for the zero-byte file (listed by the source, read as no rows; the ledger
     # quarantined it in batch 0 already).
     assert ref_summary["batch_ids"] == list(range(FILES + 1))
-    env = make_home(tmp_path)
+    assert ref_summary["online_store"]["batches_written"] == FILES + 1
+    env = make_home(tmp_path, online_server.url, "killed")
     home = Path(env["TIDAL_HOME"])
     examples_dir = home / "features" / "examples"
 
@@ -174,3 +195,7 @@ def test_sigkill_at_several_points_then_rerun_matches_an_uninterrupted_run(refer
     # The stale partial output of killed attempts was replaced, not left beside the replay.
     assert all((p / "_SUCCESS").exists() for p in examples_dir.glob("batch_id=*"))
     assert sorted(int(p.name.split("=")[1]) for p in examples_dir.glob("batch_id=*")) == sorted(got)
+    # The online store: exactly the keys and values of the uninterrupted run (namespaces aside), not empty.
+    want_keys = {k.split(":", 1)[1]: v for k, v in online_keys(online_server.url, "uninterrupted").items()}
+    got_keys = {k.split(":", 1)[1]: v for k, v in online_keys(online_server.url, "killed").items()}
+    assert len(want_keys) == 11 + 9 and got_keys == want_keys

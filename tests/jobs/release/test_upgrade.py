@@ -38,7 +38,7 @@ def test_an_old_format_production_is_refused_by_the_fine_tune_and_replaced_by_a_
     result = train(training[TRAINING_COLUMNS], cfg=cfg)
     write_candidate(registry, "retrain", result, holdout, holdout.iloc[:0], lambda finite: candidate_metadata(
         "retrain", "full", parent=None, anchor=None, batch_ids=[0, 1], rows={"trained": len(training)},
-        time_range=None, result=result, finite=finite, cfg=cfg))
+        time_range=None, trained_on=training, result=result, finite=finite, cfg=cfg))
     gate = run_gate(settings, "retrain")
     assert gate["passed"] is True and gate["production"] is None
     assert gate["reason"].startswith("production cannot be scored (v000001: unsupported checkpoint format 1")

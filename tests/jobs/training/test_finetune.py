@@ -63,6 +63,11 @@ def test_first_cycle_trains_from_scratch_then_fine_tunes_from_production(tidal_e
     assert first["gate"]["passed"] and first["gate"]["production"] is None
     assert 0.0 <= first["gate"]["candidate"]["recall_at_10"] <= 1.0 and first["gate"]["candidate"]["users"] > 0
     assert first["promote"]["version"] == "v000001"
+    # Freshness starts from the newest event the model learned from: the held-out (freshest) slice is newer.
+    newest = pd.Timestamp(Registry(layout.registry).version("v000001").metadata["newest_event_time"]).timestamp()
+    times = first_batch["timestamp"].to_numpy()
+    assert (times == newest).any() and (times > newest).sum() <= first["finetune"]["held_out_examples"]
+    assert newest < times.max()
 
     write_examples_batch(layout, 1, settings, file_index=1)
     second = cycle(settings, "run-2")
