@@ -27,6 +27,7 @@ COMMANDS = {
     "dvc-stage": ("jobs.training.dvc_stages", "one stage of dvc.yaml (dvc repro runs them)"),
     "pipelines": ("tidal.pipelines", "show the pipelines' steps, or print dvc.yaml (show | dvc-yaml)"),
     "evaluate": ("jobs.prequential", "evaluate prequential: replay of all strategies on an interactions file"),
+    "serve": ("serving.server", "the recommendations API on 127.0.0.1 (--port N); the stack starts it"),
 }
 USAGE = "usage: tidal <command> [args]\n\ncommands:\n" + "\n".join(
     f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items())

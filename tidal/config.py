@@ -65,6 +65,7 @@ class FeaturesParams(_Section):
                                      description="JVM heap of the local Spark driver (spark.driver.memory), e.g. 8g")
     online_recent_items: int = Field(50, ge=1, description="items kept per user in the online store, newest first")
     online_ttl_s: int = Field(172800, ge=1, description="online feature groups older than this are read as missing")
+    online_popular_items: int = Field(200, ge=1, description="length of the online store's popular-now ranking")
 
     @model_validator(mode="after")
     def _windows_are_whole_buckets(self) -> "FeaturesParams":
@@ -137,6 +138,25 @@ class VersionParams(_Section):
     max_backoff_s: float = Field(300.0, ge=0)
 
 
+class ServingParams(_Section):
+    """`tidal serve`: the recommendations API (serving/)."""
+
+    default_k: int = Field(10, ge=1, description="k when a request gives none")
+    max_k: int = Field(100, ge=1, description="largest k a request may ask for")
+    max_user_id_length: int = Field(256, ge=1, description="longer user ids are refused (400)")
+    watch_interval_s: float = Field(0.5, gt=0, le=10, description="how often serving checks the production alias")
+    candidates_per_user: int = Field(
+        200, ge=1, description="top items kept per known user when a model is warmed (>= max_k + seen items filtered)")
+    popular_refresh_s: float = Field(5.0, gt=0, description="how often the popular-now ranking is reread")
+    store_retry_s: float = Field(2.0, gt=0, description="after an online-store error, wait this long before asking again")
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> "ServingParams":
+        if self.default_k > self.max_k:
+            raise ValueError(f"serving.default_k ({self.default_k}) must be <= serving.max_k ({self.max_k})")
+        return self
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     generate: GenerateParams = GenerateParams()
@@ -151,6 +171,7 @@ class Params(_Section):
     schedule: ScheduleParams = ScheduleParams()
     retrain: RetrainParams = RetrainParams()
     version: VersionParams = VersionParams()
+    serving: ServingParams = ServingParams()
 
 
 class S3Settings(_Section):

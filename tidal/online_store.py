@@ -56,14 +56,15 @@ def entity_key(namespace: str, entity: str, entity_id: str) -> str:
     return f"{namespace}:{entity}:{entity_id}"
 
 
-def connect(settings: OnlineStoreSettings):
-    """A client for the configured store (checked with a PING), or OnlineStoreUnavailable."""
+def connect(settings: OnlineStoreSettings, timeout_s: float | None = None):
+    """A client for the configured store (checked with a PING), or OnlineStoreUnavailable. `timeout_s` bounds
+    both connecting and every reply (serving answers within milliseconds, so it gives a short one)."""
     import redis
 
     if not settings.url:
         raise OnlineStoreUnavailable("no online store configured: set TIDAL_REDIS_URL")
-    client = redis.Redis.from_url(settings.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                  socket_timeout=SOCKET_TIMEOUT_S, decode_responses=True)
+    client = redis.Redis.from_url(settings.url, socket_connect_timeout=timeout_s or CONNECT_TIMEOUT_S,
+                                  socket_timeout=timeout_s or SOCKET_TIMEOUT_S, decode_responses=True)
     with unavailable_as(settings):
         client.ping()
     return client

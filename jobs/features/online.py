@@ -7,6 +7,9 @@ Two feature groups (layout: tidal/online_store.py):
 - item `popularity`: `item_events_last_<w>s` per window of `features.popularity_windows_s`, the same sliding-window
   counts the training examples carry, evaluated at the stream's clock (the newest accepted event time); its event
   time is that clock.
+- global `popular` (entity `global`, id `now`): `items`, the `features.online_popular_items` items with the most
+  events in the shortest window (ties by the longer windows, then item id); what serving gives a user with no
+  history. Its event time is the clock.
 
 Both are read from the batch's state snapshots (features/state/user_recent, features/state/item_buckets), never
 from the stream's rows, so the values are SET from state: a replayed batch writes exactly what its first attempt
@@ -35,6 +38,7 @@ from tidal.storage import StorageLayout, atomic_write_json, read_json
 
 RECENT = "recent"
 POPULARITY = "popularity"
+POPULAR_NOW = ("global", "now", "popular")  # entity, id, group
 
 
 def sync_marker_path(layout: StorageLayout) -> Path:
@@ -83,6 +87,15 @@ def popularity_rows(buckets: Path, bucket_s: int, windows_s: tuple[int, ...], cl
         yield GroupRow("item", item_id, POPULARITY, values, clock_s)
 
 
+def popular_now_row(item_rows: list[GroupRow], windows_s: tuple[int, ...], limit: int, clock_s: float) -> GroupRow:
+    """The popular-now ranking from the items' window counts: shortest window first, longer ones break ties."""
+    columns = [popularity_column(w) for w in sorted(windows_s)]
+    ranked = sorted(item_rows, key=lambda row: ([-row.values[c] for c in columns], row.entity_id))
+    items = [row.entity_id for row in ranked if row.values[columns[-1]] > 0][:limit]
+    entity, entity_id, group = POPULAR_NOW
+    return GroupRow(entity, entity_id, group, {"items": items}, clock_s)
+
+
 def publish_batch(layout: StorageLayout, settings: Settings, batch_id: int, recent_snapshot: Path,
                   bucket_snapshot: Path | None, clock_s: float | None, batch_users: list[str],
                   full: bool | None = None) -> dict[str, Any]:
@@ -99,8 +112,10 @@ def publish_batch(layout: StorageLayout, settings: Settings, batch_id: int, rece
         users = write_groups(client, settings.online_store, recent_rows(recent_snapshot, None if full else batch_users))
         items = 0
         if bucket_snapshot is not None and clock_s is not None:
-            items = write_groups(client, settings.online_store, popularity_rows(
-                bucket_snapshot, fp.popularity_bucket_s, fp.popularity_windows_s, clock_s))
+            item_rows = list(popularity_rows(bucket_snapshot, fp.popularity_bucket_s, fp.popularity_windows_s, clock_s))
+            items = write_groups(client, settings.online_store, item_rows)
+            write_groups(client, settings.online_store, [
+                popular_now_row(item_rows, fp.popularity_windows_s, fp.online_popular_items, clock_s)])
     except OnlineStoreUnavailable as err:
         print(f"[features] batch {batch_id}: online store not written ({err}); the offline output is complete, and "
               "the next batch that reaches the store resyncs it in full (or run `tidal features --sync-online`)",

@@ -57,6 +57,12 @@ def expected_dump(files: list[int], namespace: str) -> dict[str, dict[str, str]]
                                                               & (bucket > newest - w // BUCKET)).sum()))
                   for w in WINDOWS}
         out[f"{namespace}:item:{item}"] = {**fields, "_ts:popularity": repr(float(clock))}
+    # Popular now: most events in the shortest window, ties by the longest, then id; items with none left out.
+    counts = {item: tuple(json.loads(out[f"{namespace}:item:{item}"][f"popularity:item_events_last_{w}s"])
+                          for w in WINDOWS) for item in kept["item_id"].unique()}
+    ranked = sorted((item for item in counts if counts[item][-1] > 0), key=lambda i: ([-c for c in counts[i]], i))
+    out[f"{namespace}:global:now"] = {"popular:items": json.dumps(ranked, separators=(",", ":")),
+                                      "_ts:popular": repr(float(clock))}
     return out
 
 
