@@ -9,7 +9,9 @@ reported as idle, never waited for as a cycle. The demo never triggers a run wit
 
 At the end it prints the UI address and login; per run, the rows it processed; per cycle, the candidate's and
 production's Recall@10 on the same held-out slice as the gate compared them, the margin and the gate's decision;
-the time each task took; and the model versions.
+the time each task took; the model versions; a real request to serving before and after the cycles (the version
+that answers changes) and one for a user who first appeared in the last cycle's events; and the freshness figures
+(landed -> online store, landed -> served by a model trained on it).
 
 Run: `make demo` (which starts the stack first), or `python -m devtools.demo --cycles 3` against a running stack.
 """
@@ -23,11 +25,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
+from devtools.demo_serving import ask, freshness_lines, newcomer, serving_lines, users_of, wait_until_serving
 from devtools.generate import generate_stream
 from jobs.release.registry_cli import gate_margin
 from tidal.config import load_settings
+from tidal.freshness import freshness_report
 from tidal.landing import pending_landing_files
 from tidal.pipelines import INCREMENTAL
 from tidal.registry import Registry
@@ -192,18 +197,31 @@ def main(argv: list[str] | None = None) -> int:
         client.unpause()
         print(f"[demo] {DAG_ID} unpaused; it also runs every {settings.params.schedule.incremental_every_minutes} min",
               flush=True)
-    records = drive_cycles(client, layout, settings, args, seen)
+    serving_url = os.environ.get("TIDAL_SERVING_URL", "http://127.0.0.1:18400")
+    landed_since, fed = time.time(), []
+    records, before = drive_cycles(client, layout, settings, args, seen, fed, lambda user: ask(serving_url, user))
     cycles = [r for r in records if not r["idle"]][: args.cycles]
     shown = [r for r in records if r["idle"] or r in cycles]
-    print("\n".join(summary_lines(shown, Registry(layout.registry), client, k=settings.params.gate.k,
+    registry = Registry(layout.registry)
+    production = registry.production()
+    wait_until_serving(serving_url, production.version if production else None)
+    new_user = newcomer(fed)
+    print("\n".join(summary_lines(shown, registry, client, k=settings.params.gate.k,
                                   tolerance=settings.params.gate.recall_tolerance,
                                   seconds=time.monotonic() - demo_started)))
+    print("\n".join(serving_lines(serving_url, before, ask(serving_url, before[0]),
+                                  (new_user, ask(serving_url, new_user)) if new_user else None)))
+    print("\n".join(["", *freshness_lines(freshness_report(layout, since_s=landed_since - 1))]))
     return 0
 
 
-def drive_cycles(client: AirflowClient, layout: StorageLayout, settings, args, seen: set[str]) -> list[dict]:
-    """Feed and trigger until enough cycles finished; every finished run since the demo began is recorded."""
+def drive_cycles(client: AirflowClient, layout: StorageLayout, settings, args, seen: set[str],
+                 fed: list[list[Path]], probe: Callable[[str], dict]) -> tuple[list[dict], tuple[str, dict]]:
+    """Feed and trigger until enough cycles finished; every finished run since the demo began is recorded, and
+    every batch of files fed is appended to `fed`. Right after the first feed, before any cycle has taken it,
+    serving is asked for the most active user of those files: the "before" of the summary's serving lines."""
     records: list[dict[str, Any]] = []
+    before: tuple[str, dict] | None = None
     files, runs_without_a_cycle = args.first_files, 0
     while True:
         wait_until_idle(client, args.run_timeout_s)
@@ -211,12 +229,16 @@ def drive_cycles(client: AirflowClient, layout: StorageLayout, settings, args, s
         records += take_finished_runs(client, layout, seen)
         runs_without_a_cycle = 0 if cycle_count(records) > before else runs_without_a_cycle
         if cycle_count(records) >= args.cycles:
-            return records
+            return records, before
         pending = pending_landing_files(layout)
         if not pending:
             written = generate_stream(layout, settings.params.generate, seed=settings.params.base.seed, files=files,
                                       event_types=settings.params.base.event_types, bad_fraction=args.bad_fraction)
             print(f"[demo] fed {sum(f.events for f in written)} events in {len(written)} file(s)", flush=True)
+            fed.append([f.path for f in written])
+            if before is None:
+                user = users_of(fed[0]).most_common(1)[0][0]
+                before = (user, probe(user))
             files = args.files_per_cycle
             continue  # a scheduled run may take them before we trigger; the next look sees it
         if runs_without_a_cycle >= MAX_RUNS_WITHOUT_A_CYCLE:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -30,10 +29,6 @@ from serving.online import OnlineFeatures
 from serving.recommend import NothingToServe, answer, response_body
 from tidal.config import Settings
 from tidal.storage import StorageLayout
-
-
-def swaps_log_path(settings: Settings) -> Path:
-    return Path(settings.home) / "serving" / "swaps.jsonl"
 
 
 def check_k(raw: str | None, default: int, largest: int) -> int | str:
@@ -61,7 +56,8 @@ def check_user_id(user_id: str, longest: int) -> str | None:
 
 def create_app(settings: Settings) -> FastAPI:
     params = settings.params.serving
-    slot = ModelSlot(StorageLayout(settings.home).registry, params, swaps_log_path(settings))
+    layout = StorageLayout(settings.home)
+    slot = ModelSlot(layout.registry, params, layout.serving_swaps)
     online = OnlineFeatures(settings.online_store, settings.params.features.online_ttl_s, params)
     metrics = Metrics()
 

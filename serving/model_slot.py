@@ -201,10 +201,3 @@ class ModelSlot:
 
 def utc_iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def read_swaps(swaps_log: Path) -> list[dict[str, Any]]:
-    """Every swap serving recorded, oldest first (a missing log: none)."""
-    if not swaps_log.exists():
-        return []
-    return [json.loads(line) for line in swaps_log.read_text().splitlines() if line.strip()]

@@ -55,6 +55,11 @@ class StorageLayout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def serving_swaps(self) -> Path:
+        """serving's log of the versions it swapped in, each with the time it became servable (JSON lines)."""
+        return self.root / "serving" / "swaps.jsonl"
+
     def examples_batch(self, batch_id: int) -> Path:
         return self.feature_examples / f"batch_id={batch_id}"
 

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 from jobs.features.state import popularity_column
 from tidal.config import Settings
 from tidal.online_store import GroupRow, OnlineStoreUnavailable, connect, write_groups
+from tidal.registry import utc_now_iso
 from tidal.storage import StorageLayout, atomic_write_json, read_json
 
 
@@ -123,4 +124,4 @@ def publish_batch(layout: StorageLayout, settings: Settings, batch_id: int, rece
         return {"status": "unreachable", "error": str(err)}
     atomic_write_json(sync_marker_path(layout), {"batch_id": batch_id, "target": store_target(settings)})
     return {"status": "written", "mode": "full" if full else "incremental", "users": users, "items": items,
-            "seconds": round(time.monotonic() - started, 3)}
+            "seconds": round(time.monotonic() - started, 3), "written_at": utc_now_iso()}

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import httpx
 
-from serving.model_slot import read_swaps
+from tidal.freshness import read_swaps
 from tests.serving.conftest import promote
 from tidal.registry import Registry
+from tidal.storage import StorageLayout
 
 
 LOAD_THREADS, LOAD_REQUESTS_PER_THREAD = 3, 400  # bounded: 1,200 requests, each thread one connection
@@ -74,7 +75,7 @@ def test_promotions_and_a_rollback_under_load_fail_no_request(trained, serving_h
     # Each answer came from a version that was production at some moment between the alias move serving could
     # have missed (the watch interval plus a load) and the answer.
     timeline = production_timeline(serving_home)
-    swaps = read_swaps(serving_home / "serving" / "swaps.jsonl")
+    swaps = read_swaps(StorageLayout(serving_home).serving_swaps)
     lag = max(s["load_s"] for s in swaps) + 1.0
     assert lag < 5.0, swaps
     assert [a for a in answers if not was_production(timeline, a[3], a[0] - lag, a[1])] == []
