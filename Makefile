@@ -54,3 +54,13 @@ lock:
 
 clean: down
 	rm -rf .stack data reports
+
+# Headless Chromium and its driver from Debian, for the browser test (tests/plugins/test_browser.py). Installs
+# only when either is missing (apt-get, as root or through sudo); prints both versions.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+	@chromium --version && chromedriver --version
