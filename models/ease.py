@@ -116,7 +116,9 @@ class DecayedEASE:
             j = self._item_index.get(item)
             if j is not None:
                 row[j] = max(row[j], float(value))
-        return row @ self.weights.numpy() if row.any() else np.zeros(len(self.item_ids), dtype=np.float32)
+        nonzero = np.flatnonzero(row)  # a few recent items: multiply only their rows of B
+        return row[nonzero] @ self.weights.numpy()[nonzero] if len(nonzero) else np.zeros(len(self.item_ids),
+                                                                                          dtype=np.float32)
 
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """(U, I) for any items; items without a row score 0."""

@@ -270,6 +270,7 @@ class Checkpoint:
         self._catalog_index = {i: j for j, i in enumerate(self.catalog_ids)}
         self._net: _Net | None = None
         self._vocab_cache: tuple | None = None
+        self._ease_columns: np.ndarray | None = None
 
     # ----- vocabularies -------------------------------------------------------------------------------------
     @property
@@ -370,8 +371,11 @@ class Checkpoint:
                 self._vocab_cache = (vec, bias, zpop, cold_zpop, median)
         return self._vocab_cache[:3]
 
-    def _item_side(self, item_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Vectors (I, D), biases (I,) and z-scored log-popularity (G, I) for any items, known or not."""
+    def _item_side(self, item_ids: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vectors (I, D), biases (I,) and z-scored log-popularity (G, I) for any items, known or not (None: the
+        vocabulary, without looking each id up: what serving asks per request)."""
+        if item_ids is None:
+            return self._vocab_side()
         net = self.net()
         known = np.array([self._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
         is_known = torch.from_numpy(known >= 0)
@@ -410,15 +414,16 @@ class Checkpoint:
         zmf, zpop = self._mf_z(self._user_side(user_ids), item_ids)
         return zmf, self._ease_z(user_ids, item_ids), zpop
 
-    def _mf_z(self, users: torch.Tensor, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """z-scored mf (U, I) of user vectors (U, D), and z-scored log-popularity (G, I)."""
+    def _mf_z(self, users: torch.Tensor, item_ids: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """z-scored mf (U, I) of user vectors (U, D), and z-scored log-popularity (G, I); None: the vocabulary."""
         vec, bias, zpop = self._item_side(item_ids)                         # (I, D), (I,), (G, I)
         if not self._item_ids:
-            return np.zeros((users.shape[0], len(item_ids))), zpop.double().numpy()
+            n = 0 if item_ids is None else len(item_ids)
+            return np.zeros((users.shape[0], n)), zpop.double().numpy()
         with torch.no_grad():
             raw = users @ vec.T + bias                                      # (U, I)
             all_vec, all_bias, _ = self._vocab_side()
-            full = users @ all_vec.T + all_bias                             # (U, I_vocab)
+            full = raw if item_ids is None else users @ all_vec.T + all_bias  # (U, I_vocab)
             mu, sd = full.mean(1, keepdim=True), full.std(1, keepdim=True).clamp(min=1e-6)
             zmf = ((raw - mu) / sd).double().numpy()
         return zmf, zpop.double().numpy()
@@ -464,7 +469,7 @@ class Checkpoint:
         - popularity: as for any user.
         Ids the model does not know are ignored; with none left (or an empty history) the user is scored like
         an unknown user by `score`: item bias + popularity."""
-        cand = list(self._item_ids if item_ids is None else item_ids)
+        cand = None if item_ids is None else list(item_ids)  # None: the vocabulary, ids never looked up one by one
         known = [i for i in recent_item_ids if i in self._item_index]
         dim = int(self.weights["user"].shape[1])
         user = torch.zeros(1, dim)
@@ -475,8 +480,15 @@ class Checkpoint:
             user = (recency.unsqueeze(1) * vec[rows]).sum(0, keepdim=True) / recency.sum()      # (1, D)
         zmf, zpop = self._mf_z(user, cand)
         modelled = self.ease.items_scores(known, np.ones(len(known))).astype(np.float64)[None, :]  # (1, N)
-        zease = standardize_ease(self.ease, modelled, len(self._item_ids), cand)
+        cols = self._vocab_ease_columns() if cand is None else None
+        zease = standardize_ease(self.ease, modelled, len(self._item_ids), cand, cols)
         return self._combine(zmf, zease, zpop)[0]
+
+    def _vocab_ease_columns(self) -> np.ndarray:
+        """Each vocabulary item's column in the EASE term (-1: not modelled), computed once per checkpoint."""
+        if self._ease_columns is None:
+            self._ease_columns = np.array([self.ease._item_index.get(i, -1) for i in self._item_ids], dtype=np.int64)
+        return self._ease_columns
 
     def recommend_from_items(self, recent_item_ids: Sequence[str], k: int, exclude: Iterable[str] = (), *,
                              candidates: Sequence[str] | None = None, exclude_recent: bool = True
@@ -485,12 +497,15 @@ class Checkpoint:
         `score_from_items` from their recent items (newest first). The recent items themselves are not
         recommended (`exclude_recent=False` keeps them), nor anything in `exclude`; `candidates` defaults to
         the model's items. An empty history gives the unknown-user ranking (item bias + popularity)."""
-        cand = list(self._item_ids if candidates is None else candidates)
+        cand = self._item_ids if candidates is None else list(candidates)
         if not cand or k <= 0:
             return []
-        scores = self.score_from_items(recent_item_ids, cand)
+        scores = self.score_from_items(recent_item_ids, None if candidates is None else cand)
         banned = set(exclude) | (set(recent_item_ids) if exclude_recent else set())
-        scores[[j for j, item in enumerate(cand) if item in banned]] = -np.inf
+        if candidates is None:  # look the few banned ids up, not every candidate
+            scores[[self._item_index[i] for i in banned if i in self._item_index]] = -np.inf
+        else:
+            scores[[j for j, item in enumerate(cand) if item in banned]] = -np.inf
         top = np.argsort(-scores, kind="stable")[:k]
         return [(cand[j], float(scores[j])) for j in top if np.isfinite(scores[j])]
 
@@ -513,18 +528,20 @@ def ease_z(ease: DecayedEASE, n_vocab: int, user_ids: Sequence[str], item_ids: S
     return standardize_ease(ease, ease.user_scores(user_ids).astype(np.float64), n_vocab, item_ids)
 
 
-def standardize_ease(ease: DecayedEASE, modelled: np.ndarray, n_vocab: int, item_ids: Sequence[str]
-                     ) -> np.ndarray:
+def standardize_ease(ease: DecayedEASE, modelled: np.ndarray, n_vocab: int, item_ids: Sequence[str] | None,
+                     cols: np.ndarray | None = None) -> np.ndarray:
     """Rows x B over the modelled items (U, N) -> their z-scores (U, I) over a vocabulary of `n_vocab` items
-    (the unmodelled ones score 0), looked up for `item_ids`."""
+    (the unmodelled ones score 0), looked up for `item_ids` (or given as their EASE columns `cols`, -1 for an
+    item not modelled)."""
     if not ease.item_ids:
-        return np.zeros((modelled.shape[0], len(item_ids)))
+        return np.zeros((modelled.shape[0], len(item_ids) if cols is None else len(cols)))
     n_vocab, n = max(n_vocab, len(ease.item_ids)), len(ease.item_ids)
     mu = modelled.sum(1, keepdims=True) / n_vocab
     var = ((modelled - mu) ** 2).sum(1, keepdims=True) + (n_vocab - n) * mu ** 2
     sd = np.sqrt(var / max(n_vocab - 1, 1)).clip(min=1e-6)
-    cols = np.array([ease._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
-    raw = np.zeros((modelled.shape[0], len(item_ids)))
+    if cols is None:
+        cols = np.array([ease._item_index.get(i, -1) for i in item_ids], dtype=np.int64)
+    raw = np.zeros((modelled.shape[0], len(cols)))
     raw[:, cols >= 0] = modelled[:, cols[cols >= 0]]
     return (raw - mu) / sd
 

@@ -31,6 +31,31 @@ from tidal.config import Settings
 from tidal.storage import StorageLayout
 
 
+class CountRequests:
+    """Pure ASGI middleware that times every request into `metrics` by route and status. Not
+    `@app.middleware("http")`: Starlette's BaseHTTPMiddleware costs about a third of the throughput here."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def remember_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # the router writes the matched route here
+            self.metrics.observe(route, status, time.perf_counter() - started)
+
+
 def check_k(raw: str | None, default: int, largest: int) -> int | str:
     """k as an int, or the message that says what is allowed."""
     if raw is None:
@@ -70,13 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="tidal serving", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.slot, app.state.online, app.state.metrics = slot, online, metrics
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     def refuse(status: int, message: str, request_id: str | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "request_id": request_id}, status_code=status)
