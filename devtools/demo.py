@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     serving_url = os.environ.get("TIDAL_SERVING_URL", "http://127.0.0.1:18400")
     landed_since, fed = time.time(), []
-    records, before = drive_cycles(client, layout, settings, args, seen, fed, lambda user: ask(serving_url, user))
+    records, first_answer = drive_cycles(client, layout, settings, args, seen, fed,
+                                         lambda user: ask(serving_url, user))
     cycles = [r for r in records if not r["idle"]][: args.cycles]
     shown = [r for r in records if r["idle"] or r in cycles]
     registry = Registry(layout.registry)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summary_lines(shown, registry, client, k=settings.params.gate.k,
                                   tolerance=settings.params.gate.recall_tolerance,
                                   seconds=time.monotonic() - demo_started)))
-    print("\n".join(serving_lines(serving_url, before, ask(serving_url, before[0]),
+    print("\n".join(serving_lines(serving_url, first_answer, ask(serving_url, first_answer[0]),
                                   (new_user, ask(serving_url, new_user)) if new_user else None)))
     print("\n".join(["", *freshness_lines(freshness_report(layout, since_s=landed_since - 1))]))
     return 0
@@ -221,7 +222,7 @@ def drive_cycles(client: AirflowClient, layout: StorageLayout, settings, args, s
     every batch of files fed is appended to `fed`. Right after the first feed, before any cycle has taken it,
     serving is asked for the most active user of those files: the "before" of the summary's serving lines."""
     records: list[dict[str, Any]] = []
-    before: tuple[str, dict] | None = None
+    first_answer: tuple[str, dict] | None = None
     files, runs_without_a_cycle = args.first_files, 0
     while True:
         wait_until_idle(client, args.run_timeout_s)
@@ -229,16 +230,16 @@ def drive_cycles(client: AirflowClient, layout: StorageLayout, settings, args, s
         records += take_finished_runs(client, layout, seen)
         runs_without_a_cycle = 0 if cycle_count(records) > before else runs_without_a_cycle
         if cycle_count(records) >= args.cycles:
-            return records, before
+            return records, first_answer
         pending = pending_landing_files(layout)
         if not pending:
             written = generate_stream(layout, settings.params.generate, seed=settings.params.base.seed, files=files,
                                       event_types=settings.params.base.event_types, bad_fraction=args.bad_fraction)
             print(f"[demo] fed {sum(f.events for f in written)} events in {len(written)} file(s)", flush=True)
             fed.append([f.path for f in written])
-            if before is None:
+            if first_answer is None:
                 user = users_of(fed[0]).most_common(1)[0][0]
-                before = (user, probe(user))
+                first_answer = (user, probe(user))
             files = args.files_per_cycle
             continue  # a scheduled run may take them before we trigger; the next look sees it
         if runs_without_a_cycle >= MAX_RUNS_WITHOUT_A_CYCLE:

@@ -17,6 +17,7 @@ the version became servable: the freshness figures (event landed -> served by a 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -182,6 +183,13 @@ class ModelSlot:
         previous, self.current = self.current, candidate  # the swap: one reference assignment
         self.counters.swaps += previous is not None
         self.record_swap(previous, candidate)
+        del previous
+        # The model's many long-lived objects would otherwise be traced by every full collection, a pause of
+        # milliseconds in the middle of some request: collect once here (unfrozen, so the old model's cycles go
+        # too), then freeze what is left out of the collector's way until the next swap.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def record_swap(self, previous: ServedModel | None, served: ServedModel) -> None:
         entry = {"version": served.version, "previous": previous.version if previous else None,
