@@ -16,6 +16,7 @@ control characters. No model yet: recommendations come from the online store's p
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from serving.online import OnlineFeatures
 from serving.recommend import NothingToServe, answer, response_body
 from tidal.config import Settings
 from tidal.storage import StorageLayout
+
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,9}")
 
 
 class CountRequests:
@@ -61,10 +64,9 @@ def check_k(raw: str | None, default: int, largest: int) -> int | str:
     if raw is None:
         return default
     allowed = f"k must be a whole number from 1 to {largest}"
-    try:
-        k = int(raw.strip())
-    except ValueError:
+    if not WHOLE_NUMBER.fullmatch(raw):  # stricter than int(): no "1_0", "+5", " 5" or non-ASCII digits
         return f"{allowed}; got {raw[:40]!r}"
+    k = int(raw)
     return k if 1 <= k <= largest else f"{allowed}; got {k}"
 
 

@@ -72,6 +72,8 @@ def test_a_user_with_nothing_gets_what_is_popular_now(served):
     ({"k": "ten"}, "k must be a whole number from 1 to 100; got 'ten'"),
     ({"k": "2.5"}, "k must be a whole number from 1 to 100; got '2.5'"),
     ({"k": ""}, "k must be a whole number from 1 to 100; got ''"),
+    ({"k": "1_0"}, "k must be a whole number from 1 to 100; got '1_0'"),
+    ({"k": "9" * 40}, "k must be a whole number from 1 to 100; got '" + "9" * 40 + "'"),
 ])
 def test_a_bad_k_is_refused_with_what_is_allowed(served, query, message):
     server, _, _ = served
