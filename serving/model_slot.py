@@ -173,7 +173,7 @@ class ModelSlot:
             return
         try:
             candidate = load_version(self.registry.version(version_id), self.params)
-        except (LoadRefused, KeyError, OSError, ValueError) as error:
+        except Exception as error:  # whatever failed (verify, load, warm-up), the version is refused and counted
             self.counters.failed_loads += 1
             self.counters.last_refused = {"version": version_id, "reason": str(error), "at": utc_iso(time.time()),
                                           "serving": self.current.version if self.current else None}

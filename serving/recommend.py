@@ -38,9 +38,14 @@ class NothingToServe(RuntimeError):
 def known_user_items(model: ServedModel, user_id: str, exclude: set[str], k: int) -> list[tuple[str, float]]:
     indices, scores = model.candidates[user_id]
     items = model.item_ids
-    out = [(items[j], float(s)) for j, s in zip(indices.tolist(), scores.tolist()) if items[j] not in exclude]
-    if len(out) >= k or len(indices) == len(items):
-        return out[:k]
+    out: list[tuple[str, float]] = []
+    for j, score in zip(indices.tolist(), scores.tolist()):  # best first: stop at k, not at the warm list's end
+        if items[j] not in exclude:
+            out.append((items[j], score))
+            if len(out) == k:
+                return out
+    if len(indices) == len(items):
+        return out
     # More recent items than the warm list covers: score this user over the whole catalogue now.
     scores_all = model.checkpoint.score([user_id], items)[0]
     banned = exclude | model.seen.get(user_id, frozenset())

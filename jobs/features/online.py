@@ -114,9 +114,9 @@ def publish_batch(layout: StorageLayout, settings: Settings, batch_id: int, rece
         items = 0
         if bucket_snapshot is not None and clock_s is not None:
             item_rows = list(popularity_rows(bucket_snapshot, fp.popularity_bucket_s, fp.popularity_windows_s, clock_s))
-            items = write_groups(client, settings.online_store, item_rows)
-            write_groups(client, settings.online_store, [
-                popular_now_row(item_rows, fp.popularity_windows_s, fp.online_popular_items, clock_s)])
+            ranking = popular_now_row(item_rows, fp.popularity_windows_s, fp.online_popular_items, clock_s)
+            write_groups(client, settings.online_store, item_rows + [ranking])  # one pipeline for both
+            items = len(item_rows)
     except OnlineStoreUnavailable as err:
         print(f"[features] batch {batch_id}: online store not written ({err}); the offline output is complete, and "
               "the next batch that reaches the store resyncs it in full (or run `tidal features --sync-online`)",

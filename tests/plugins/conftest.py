@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 import urllib.parse
 from pathlib import Path
@@ -24,12 +23,6 @@ from tests.scripts.stack_run import free_ports, stack, stack_dir_env
 
 CYCLE_RUN_IDS = ["manual__2026-12-01T10:00:00+00:00", "manual__2026-12-01T10:10:00+00:00",
                  "manual__2026-12-01T10:20:00+00:00"]
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class TidalAirflow:

@@ -4,7 +4,7 @@ and "serving not running" when nothing answers at TIDAL_SERVING_URL (fast: no Ai
 from __future__ import annotations
 
 from plugins.tidal_ui import serving_probe
-from tests.plugins.conftest import unused_port
+from tests.conftest import free_port
 
 
 METRICS = """# HELP tidal_model_version_info The model version serving.
@@ -30,7 +30,7 @@ def test_a_metric_serving_does_not_export_is_unknown():
 
 
 def test_nothing_listening_is_serving_not_running(monkeypatch):
-    url = f"http://127.0.0.1:{unused_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("TIDAL_SERVING_URL", url)
     probe = serving_probe.probe()
     assert (probe["url"], probe["running"], probe["ready"], probe["version"]) == (url, False, False, None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import REPO_ROOT, free_port, write_params
 
 
 CFG = {"dim": 16, "epochs": 6, "negatives": 64, "batch_size": 256, "finetune_epochs": 1}
@@ -66,12 +65,6 @@ def promote(home: Path, checkpoint: Path, run_id: str, newest_s: float, kind: st
     newest = pd.Timestamp(newest_s, unit="s", tz="UTC").isoformat()
     atomic_write_json(staged / "metadata.json", {"run_id": run_id, "kind": kind, "newest_event_time": newest})
     return registry.promote_candidate(run_id, reason="test").version
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ServingProcess:
