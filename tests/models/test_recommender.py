@@ -139,6 +139,18 @@ def test_anchor_l2_holds_fine_tune_near_anchor(base, stream):
     assert drift_held < 0.5 * drift_free
 
 
+def test_anchor_rows_map_by_id_whether_or_not_the_anchor_is_a_prefix():
+    from models.recommender import _shared_rows
+
+    own = {"a": 0, "b": 1, "c": 2, "d": 3}
+    mine, theirs = _shared_rows(own, ["a", "b", "c"])             # a chain's anchor: a prefix of the vocabulary
+    assert mine.tolist() == [0, 1, 2] and theirs.tolist() == [0, 1, 2]
+    mine, theirs = _shared_rows(own, ["c", "x", "a"])             # another order, an id the model lacks
+    assert mine.tolist() == [2, 0] and theirs.tolist() == [0, 2]
+    assert mine.dtype == theirs.dtype == torch.int64
+    assert _shared_rows(own, [])[0].numel() == 0
+
+
 def test_replay_mixes_in_history(base, stream):
     interactions, _ = stream
     window = interactions.iloc[1000:1100]
