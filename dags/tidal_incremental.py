@@ -1,4 +1,11 @@
-"""tidal_incremental: every few minutes, turn the new landing files into a fresher production model.
+"""tidal_incremental: as soon as an event file lands, turn the new landing files into a fresher production model.
+
+A new landing file starts a run within seconds: the run is scheduled on the `tidal://landing/events` asset, whose
+watcher (tidal/landing_watch.py, in Airflow's triggerer) emits an asset event for every file the stream has not
+consumed. Files that land while a run is active wait in Airflow's asset queue and start one run when it ends
+(max_active_runs=1). A fallback tick every few minutes (TIDAL_INCREMENTAL_EVERY_MINUTES, default 5) still runs for
+quiet periods and replays; TIDAL_INCREMENTAL_TRIGGER=schedule keeps the tick alone (the freshness benchmark's
+baseline).
 
 The tasks are the incremental pipeline's steps (tidal/pipelines.py, INCREMENTAL; listed below and by `tidal
 pipelines show`), plus the drift routing only Airflow does:
@@ -16,22 +23,26 @@ the streaming batch id, so a retried task redoes its own work and nothing else.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, DeltaTriggerTimetable, dag, task
 
 from tidal.dag_tasks import pipeline_tasks
+from tidal.landing_watch import LANDING_URI, LandingFilesTrigger, incremental_schedule
 from tidal.pipelines import INCREMENTAL, describe
 from tidal.task_context import SEVERE_DRIFT_URI, severe_drift_event
 
 
 SEVERE_DRIFT = Asset(SEVERE_DRIFT_URI)
 
-# The schedule is read from the environment (no params.yaml parsing at DAG-parse time); default 5 minutes.
-EVERY_MINUTES = int(os.environ.get("TIDAL_INCREMENTAL_EVERY_MINUTES", "5"))
+# Read from the environment (no params.yaml parsing at DAG-parse time), checked: a bad value is an import error
+# that names what is allowed.
+SCHEDULE = incremental_schedule()
+TICK = timedelta(minutes=SCHEDULE.every_minutes)
+LANDING = Asset(LANDING_URI, watchers=[AssetWatcher(
+    name="tidal_landing_events", trigger=LandingFilesTrigger(poll_interval_s=SCHEDULE.poll_interval_s))])
 
 DOC = __doc__ + "\n" + describe(INCREMENTAL) + """
 Each run writes its step summaries to `$TIDAL_HOME/reports/runs/<run id>/`: `features.json`, `validate.json`
@@ -42,7 +53,8 @@ Each run writes its step summaries to `$TIDAL_HOME/reports/runs/<run id>/`: `fea
 
 @dag(
     dag_id="tidal_incremental",
-    schedule=timedelta(minutes=EVERY_MINUTES),
+    schedule=(AssetOrTimeSchedule(timetable=DeltaTriggerTimetable(TICK), assets=[LANDING])
+              if SCHEDULE.event_driven else TICK),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

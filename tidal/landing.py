@@ -5,7 +5,8 @@ The features stream records every landing file it has planned into a micro-batch
 percent-encoded file URI). A landing file is pending when it matches the stream's glob and is not in that log; a
 planned batch without a commit (a crash mid-batch) is pending work too, since the next run replays it. The
 incremental DAG's first task and `tidal cycle` ask this before paying for a Spark start, so an idle run ends in
-seconds and says so.
+seconds and says so. `LandingWatch` asks it of newly seen files only, for the landing zone's watcher
+(tidal/landing_watch.py) that starts a run as soon as a file lands.
 """
 
 from __future__ import annotations
@@ -91,3 +92,23 @@ def log_landing_work(work: dict) -> dict:
 def check_landing(settings: Settings) -> dict:
     """The incremental pipeline's guard: the landing work, logged; {"idle": True, ...} when there is none."""
     return log_landing_work(landing_work(StorageLayout(settings.home)))
+
+
+class LandingWatch:
+    """Remembers the landing files it has seen; `poll()` names the newly seen ones the stream has not consumed.
+
+    A file is announced once, when it first shows up pending; a name that leaves the folder and comes back counts
+    as new again. The stream's checkpoint is read only when a new name appears, so a quiet folder costs one listing
+    per poll."""
+
+    def __init__(self, layout: StorageLayout):
+        self.layout = layout
+        self.seen: set[str] = set()
+
+    def poll(self) -> list[str]:
+        folder = self.layout.landing_events
+        names = {p.name for p in folder.iterdir() if is_landing_file(p)} if folder.exists() else set()
+        new, self.seen = names - self.seen, names
+        if not new:
+            return []
+        return sorted(new & {p.name for p in pending_landing_files(self.layout)})

@@ -50,10 +50,40 @@ def test_schedule_and_run_policy(dagbag):
     dag = dagbag.get_dag("tidal_incremental")
     assert dag.max_active_runs == 1
     assert dag.catchup is False
-    assert dag.timetable.delta == timedelta(minutes=5)  # the default schedule
+    # By default a landing file starts a run (the landing asset's watcher), and a 5-minute tick is the fallback.
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert dag.timetable.timetable.delta == timedelta(minutes=5)
+    [landing] = dag.timetable.asset_condition.objects
+    assert landing.uri == "tidal://landing/events"
+    [watcher] = landing.watchers
+    assert watcher.trigger.serialize() == ("tidal.landing_watch.LandingFilesTrigger", {"poll_interval_s": 2.0})
     retries = {t.task_id: t.retries for t in dag.tasks}
     assert retries["validate"] == 0  # a dirty batch stays dirty: no pointless retry
     assert all(r >= 1 for task_id, r in retries.items() if task_id != "validate")
+
+
+def parse_with(monkeypatch, **env: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return DagBag(dag_folder=str(REPO_ROOT / "dags" / "tidal_incremental.py"))
+
+
+def test_the_tick_alone_when_asked(airflow_db, monkeypatch):
+    """TIDAL_INCREMENTAL_TRIGGER=schedule: what tidal did before the landing watcher (the benchmark's baseline)."""
+    bag = parse_with(monkeypatch, TIDAL_INCREMENTAL_TRIGGER="schedule", TIDAL_INCREMENTAL_EVERY_MINUTES="7",
+                     TIDAL_LANDING_POLL_S="1")
+    assert bag.import_errors == {}
+    timetable = bag.get_dag("tidal_incremental").timetable
+    assert type(timetable).__name__ == "DeltaTriggerTimetable" and timetable.delta == timedelta(minutes=7)
+
+
+def test_a_bad_schedule_setting_is_an_import_error_that_says_what_is_allowed(airflow_db, monkeypatch):
+    bag = parse_with(monkeypatch, TIDAL_INCREMENTAL_TRIGGER="cron")
+    [error] = bag.import_errors.values()
+    assert "TIDAL_INCREMENTAL_TRIGGER='cron': give one of landing, schedule" in error
+    assert "tidal_incremental" not in bag.dag_ids
 
 
 def test_parsing_the_dag_imports_nothing_heavy():
