@@ -4,10 +4,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
+CLUSTER := scripts/cluster.sh
 # Every command below sees the embedded stack's settings (ports, generated credentials).
 WITH_ENV = set -a && source "$$($(STACK) env)" && set +a &&
 
-.PHONY: venv demo up down status test test-fast lock clean
+.PHONY: venv demo up up-cluster down status test test-fast test-cluster lock clean
 
 venv: $(VENV)/.installed
 
@@ -23,11 +24,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 up: venv
 	$(STACK) up all
 
+# The cluster profile (docs/cluster.md): PostgreSQL, Airflow's components with two Celery workers, a Spark
+# standalone master and two workers, SeaweedFS and Valkey, each by PID on 127.0.0.1, beside the embedded stack.
+up-cluster: venv
+	$(CLUSTER) up
+
+# Both stacks: the embedded one and, when it was ever started, the cluster profile.
 down:
-	$(STACK) down
+	@rc=0; $(STACK) down || rc=1; $(CLUSTER) down || rc=1; exit $$rc
 
 status:
 	$(STACK) status
+	@$(CLUSTER) status
 
 # Starts the stack in the background, feeds the stream, runs three cycles under the scheduler, prints a summary.
 demo: venv
@@ -38,12 +46,16 @@ demo: venv
 test: venv
 	@$(WITH_ENV) started_s3=0; \
 	if ! $(STACK) status | grep -q 'seaweedfs: running'; then $(STACK) up s3 && started_s3=1; fi; \
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest tests -m "not cluster" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$started_s3 = 1 ]; then $(STACK) down; fi; \
 	exit $$rc
 
 test-fast: venv
-	$(BIN)/python -m pytest tests -m "not slow and not stack" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not slow and not stack and not cluster" $(PYTEST_ARGS)
+
+# The cluster profile's proof (tests/cluster): each test module starts a private profile on free ports and stops it.
+test-cluster: venv
+	$(BIN)/python -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
 
 # Regenerate the lock from a fresh resolve of pyproject's direct dependencies.
 lock:
