@@ -59,10 +59,32 @@ def dvc(project_dir: Path, *args: str) -> str:
     return proc.stdout
 
 
+def wanted_remote(settings: Settings) -> dict[str, str]:
+    """The default remote's section as `dvc remote add --force` and `remote modify endpointurl` leave it."""
+    return {"url": settings.s3.remote_url, **({"endpointurl": settings.s3.endpoint_url} if settings.s3.endpoint_url else {})}
+
+
+def remote_is_current(project_dir: Path, settings: Settings) -> bool:
+    """Does .dvc/config already make REMOTE_NAME the default remote, exactly as configured? Read with configobj,
+    the library DVC writes it with; an unreadable file counts as not current (the commands rewrite it)."""
+    from configobj import ConfigObj, ConfigObjError
+
+    path = project_dir / ".dvc" / "config"
+    try:
+        config = ConfigObj(str(path), encoding="utf-8", file_error=True)
+    except (OSError, ConfigObjError):
+        return False
+    section = config.get(f'remote "{REMOTE_NAME}"')
+    return config.get("core", {}).get("remote") == REMOTE_NAME and dict(section or {}) == wanted_remote(settings)
+
+
 def ensure_dvc_project(project_dir: Path, settings: Settings) -> None:
-    """Idempotent: init once, and (re)point the default remote at the configured S3 endpoint every time."""
+    """Idempotent: init once, and (re)point the default remote at the configured S3 endpoint whenever the config
+    says otherwise. Each `dvc` command is a Python start (~0.7 s), so a config that is already right costs none."""
     if not (project_dir / ".dvc").exists():
         dvc(project_dir, "init", "--no-scm", "-q")
+    if remote_is_current(project_dir, settings):
+        return
     dvc(project_dir, "remote", "add", "--force", "--default", REMOTE_NAME, settings.s3.remote_url)
     if settings.s3.endpoint_url:
         dvc(project_dir, "remote", "modify", REMOTE_NAME, "endpointurl", settings.s3.endpoint_url)
