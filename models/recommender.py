@@ -871,7 +871,8 @@ def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint
         user_ids=vocab.user_ids, item_ids=vocab.item_ids, categories=vocab.categories,
         catalog_ids=vocab.catalog_ids, catalog_categories=vocab.catalog_categories,
         weights={name: getattr(net, name).detach().clone() for name in _PARAM_NAMES},
-        optimizer=copy.deepcopy(optimizer.state_dict()), popularity=popularity, trained_until=t_ref,
+        # No copy: the optimizer ends with this call, so nothing else holds or changes its state.
+        optimizer=optimizer.state_dict(), popularity=popularity, trained_until=t_ref,
         events_seen=events_seen,
         selection=None if selection is None else torch.as_tensor(np.asarray(selection, dtype=np.float64)),
         ease=ease.to_dict(), lineage={"mode": "finetune" if finetune else "retrain", "examples": len(examples[0]),
