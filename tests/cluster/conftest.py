@@ -1,0 +1,22 @@
+"""One private cluster profile for the whole run of tests/cluster: `scripts/cluster.sh up` on a temporary directory and a free block
+of ports, `down` at the end (every process it started, by PID)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster.cluster_run import cluster, cluster_env, free_port_base, sourced
+
+
+@pytest.fixture(scope="session")
+def cluster_profile(tmp_path_factory):
+    """The running profile's environment, as `source "$(scripts/cluster.sh env)"` gives it."""
+    env = cluster_env(tmp_path_factory.mktemp("cluster"), free_port_base(),
+                      TIDAL_INCREMENTAL_EVERY_MINUTES="1440")  # the tests trigger every run themselves
+    try:
+        started = cluster("up", env=env)
+        assert started.returncode == 0, started.stdout + started.stderr[-6000:]
+        yield {**env, **sourced(env)}
+    finally:
+        stopped = cluster("down", env=env, timeout=300)
+        assert stopped.returncode == 0, stopped.stderr[-6000:]
