@@ -117,3 +117,34 @@ def spark_master_state(env: dict[str, str]) -> dict:
     port = int(env["TIDAL_CLUSTER_PORT_BASE"]) + 78
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/", timeout=30) as reply:
         return json.loads(reply.read())
+
+
+def component_pid(env: dict[str, str], name: str) -> int:
+    """The pid scripts/cluster.sh recorded for one component (celery-worker-1, spark-worker-2, postgres, ...)."""
+    return int((Path(env["TIDAL_CLUSTER_DIR"]) / "pids" / f"{name}.pid").read_text())
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and every descendant at once, as a machine losing power would: no cleanup runs."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+    return [p.pid for p in procs]
+
+
+def celery_task_started(env: dict[str, str], dag_id: str, run_id: str, task_id: str, timeout_s: float) -> str:
+    """The Celery worker that started TASK_ID of RUN_ID (the STARTED row task_track_started writes), once it has."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for dag, run, task, _, worker in celery_workers_by_task(env):
+            if (dag, run, task) == (dag_id, run_id, task_id):
+                return worker
+        time.sleep(1)
+    raise AssertionError(f"{dag_id} {run_id} {task_id} not started on any Celery worker within {timeout_s} s")
