@@ -56,6 +56,7 @@ base=$(setting TIDAL_CLUSTER_PORT_BASE 18500)
 cluster_home=$(setting TIDAL_CLUSTER_HOME "$cluster_dir/home")
 postgres_url_external=$(setting TIDAL_POSTGRES_URL "")
 celery_workers=$(setting TIDAL_CLUSTER_WORKERS 2)
+incremental_trigger=$(setting TIDAL_INCREMENTAL_TRIGGER "")  # what starts tidal_incremental (README); passed through
 spark_workers=$(setting TIDAL_SPARK_WORKERS 2)
 # Every port of the profile: component|what|port. The embedded defaults (18090, 18333, 18379, 18400, 19300..19394
 # and their +10000) are never among them, so both stacks can run side by side.
@@ -211,6 +212,7 @@ TIDAL_CLUSTER_HOME=$cluster_home
 TIDAL_CLUSTER_WORKERS=$celery_workers
 TIDAL_SPARK_WORKERS=$spark_workers
 ${postgres_url_external:+TIDAL_POSTGRES_URL=$postgres_url_external}
+${incremental_trigger:+TIDAL_INCREMENTAL_TRIGGER=$incremental_trigger}
 TIDAL_SPARK_MASTER_URL=$spark_master_url
 SPARK_CONF_DIR=$cluster_dir/spark/conf
 AIRFLOW__CORE__EXECUTOR=CeleryExecutor

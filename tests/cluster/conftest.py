@@ -12,7 +12,8 @@ from tests.cluster.cluster_run import cluster, cluster_env, free_port_base, sour
 def cluster_profile(tmp_path_factory):
     """The running profile's environment, as `source "$(scripts/cluster.sh env)"` gives it."""
     env = cluster_env(tmp_path_factory.mktemp("cluster"), free_port_base(),
-                      TIDAL_INCREMENTAL_EVERY_MINUTES="1440")  # the tests trigger every run themselves
+                      # The tests trigger every run themselves: no tick, no run started by a landing file.
+                      TIDAL_INCREMENTAL_EVERY_MINUTES="1440", TIDAL_INCREMENTAL_TRIGGER="schedule")
     try:
         started = cluster("up", env=env)
         assert started.returncode == 0, started.stdout + started.stderr[-6000:]
