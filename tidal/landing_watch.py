@@ -94,7 +94,12 @@ class LandingFilesTrigger(BaseEventTrigger):
         settings = await asyncio.to_thread(load_settings)
         watch = LandingWatch(StorageLayout(settings.home))
         while True:
-            new = await asyncio.to_thread(watch.poll)
+            try:
+                new = await asyncio.to_thread(watch.poll)
+            except (OSError, ValueError) as err:  # a listing or checkpoint read that failed: the next poll retries
+                self.log.warning("could not read the landing folder or the stream checkpoint (%s); retrying", err)
+                watch.seen.clear()  # so the files of this poll are looked at again
+                new = []
             if new:
                 self.log.info("%d new landing file(s): %s", len(new), new[:NAMES_PER_EVENT])
                 yield TriggerEvent({"landing_files": new[:NAMES_PER_EVENT], "pending": len(new)})

@@ -127,3 +127,24 @@ def test_the_trigger_yields_one_event_per_new_pending_file_within_its_poll_inter
 
     assert asyncio.run(events()) == [{"landing_files": ["events-000000.jsonl"], "pending": 1},
                                      {"landing_files": ["events-000001.jsonl", "events-000002.jsonl"], "pending": 2}]
+
+
+def test_an_unreadable_checkpoint_is_retried_not_fatal(tidal_env):
+    """A read that fails (here a source log that is not JSON) logs and retries; the file is announced once it reads."""
+    layout = StorageLayout(tidal_env().home).ensure()
+    log = layout.stream_checkpoint / "sources" / "0"
+    log.mkdir(parents=True)
+    (log / "0").write_text("v1\n{not json\n")
+    land(layout, "events-000000.jsonl")
+
+    async def first_event() -> dict:
+        stream = LandingFilesTrigger(poll_interval_s=0.5).run()
+        pending = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(1.2)
+        assert not pending.done()  # two failed polls, no event, no crash
+        (log / "0").write_text("v1\n")
+        event = await asyncio.wait_for(pending, timeout=10)
+        await stream.aclose()
+        return event.payload
+
+    assert asyncio.run(first_event()) == {"landing_files": ["events-000000.jsonl"], "pending": 1}
