@@ -71,10 +71,17 @@ def flag_outliers(events_df, z_threshold: float, min_events: int):
     users = robust_z(users, "x").filter((F.col("z") > z_threshold) & (F.col("events") >= min_events)) \
         .select("user_id", "events", "z")
     by_bot = events_df.join(users.select("user_id", F.lit(1).alias("_bot")), "user_id", "left")
-    items = by_bot.groupBy("item_id").agg(F.count("*").alias("events"),
-                                          (F.count("_bot") / F.count("*")).alias("bot_share")) \
+    return users, outlier_items(by_bot, F.col("_bot").isNotNull(), min_events)
+
+
+def outlier_items(events_df, from_flagged_user, min_events: int):
+    """Events + a boolean column (the event came from a flagged user) -> flagged items (item_id, events, bot_share):
+    at least `min_events` events, more than half of them from flagged users."""
+    from pyspark.sql import functions as F
+
+    return events_df.groupBy("item_id").agg(
+        F.count("*").alias("events"), (F.count(F.when(from_flagged_user, 1)) / F.count("*")).alias("bot_share")) \
         .filter((F.col("events") >= min_events) & (F.col("bot_share") > 0.5))
-    return users, items
 
 
 def update_decayed_state(state_df, events_df, key: str, half_life_s: float):

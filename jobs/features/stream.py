@@ -29,7 +29,8 @@ from jobs.features.compact import compact_bronze
 from jobs.features.online import publish_batch
 from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, USER_RECENT_STATE_SCHEMA,
                                  entity_features, flag_outliers, item_content_features, item_window_popularity,
-                                 prune_item_buckets, update_entity_state, update_item_buckets, update_user_recent)
+                                 outlier_items, prune_item_buckets, update_entity_state, update_item_buckets,
+                                 update_user_recent)
 from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, landing_lines, parquet_lines,
                                       training_examples)
 from tidal.config import Settings, load_settings
@@ -155,11 +156,13 @@ def without_outliers(accepted, settings: Settings) -> tuple[Any, list[str], list
     from pyspark.sql import functions as F
 
     fp = settings.params.features
-    outlier_users_df, outlier_items_df = flag_outliers(accepted, fp.outlier_z, fp.outlier_min_events)
-    outlier_users = sorted(r.user_id for r in outlier_users_df.collect())
-    outlier_items = sorted(r.item_id for r in outlier_items_df.collect())
-    training = accepted.filter(~F.col("user_id").isin(outlier_users) & ~F.col("item_id").isin(outlier_items))
-    return training, outlier_users, outlier_items
+    users_df, _ = flag_outliers(accepted, fp.outlier_z, fp.outlier_min_events)
+    users = sorted(r.user_id for r in users_df.collect())
+    # The items from the collected users (a literal set), so the users' robust z is not computed a second time.
+    items = sorted(r.item_id for r in
+                   outlier_items(accepted, F.col("user_id").isin(users), fp.outlier_min_events).collect())
+    training = accepted.filter(~F.col("user_id").isin(users) & ~F.col("item_id").isin(items))
+    return training, users, items
 
 
 def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayout, settings: Settings) -> None:

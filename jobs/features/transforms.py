@@ -33,6 +33,7 @@ def landing_lines(files_df):
     """(path, content, length) file rows -> one row per non-blank line, plus one row per empty file.
 
     Output: source_file, line_number, line (string or null for an empty file), file_reason (null or a reason).
+    One pass over the files: a blank file explodes into a single null line, which becomes its empty_file row.
     """
     from pyspark.sql import functions as F
 
@@ -40,24 +41,25 @@ def landing_lines(files_df):
         F.col("path").alias("source_file"),
         # A plain cast keeps the bytes as they are (decode() would fail the whole batch on one bad byte).
         F.col("content").cast("string").alias("text"),
-    ).withColumn("file_is_utf8", F.expr("is_valid_utf8(text)"))
-    # Blank means nothing but whitespace (F.trim strips spaces only, not newlines or tabs).
-    is_blank = F.regexp_replace(F.coalesce(F.col("text"), F.lit("")), r"\s+", "") == ""
-    empty_files = with_text.filter(is_blank).select(
-        "source_file", F.lit(0).alias("line_number"), F.lit(None).cast("string").alias("line"),
-        F.lit("empty_file").alias("file_reason"))
-    lines = (
-        with_text.filter(~is_blank)
-        .select("source_file", "file_is_utf8",
-                F.posexplode(F.split(F.col("text"), "\r?\n")).alias("pos", "line"))
-        .filter(F.regexp_replace(F.col("line"), r"\s+", "") != "")
+    )
+    # Blank means nothing but whitespace (F.trim strips spaces only, not newlines or tabs). One regex find that stops
+    # at the first non-blank character, not a rewrite of the whole text.
+    is_blank = ~F.coalesce(F.col("text"), F.lit("")).rlike(r"\S")
+    exploded = with_text.select(
+        "source_file", is_blank.alias("file_is_blank"),
+        F.when(is_blank, F.lit(True)).otherwise(F.expr("is_valid_utf8(text)")).alias("file_is_utf8"),
+        F.posexplode(F.when(is_blank, F.array(F.lit(None).cast("string")))
+                     .otherwise(F.split(F.col("text"), "\r?\n"))).alias("pos", "line"))
+    return (
+        exploded.filter(F.col("file_is_blank") | F.col("line").rlike(r"\S"))
         # split() goes through Java strings, which turn bytes that are not UTF-8 into U+FFFD: in a file that is
         # not valid UTF-8, a line holding U+FFFD is where the bad bytes were.
-        .select("source_file", (F.col("pos") + 1).alias("line_number"), "line",
-                F.when(~F.col("file_is_utf8") & F.col("line").contains("\ufffd"), F.lit("invalid_utf8"))
+        .select("source_file",
+                F.when(F.col("file_is_blank"), F.lit(0)).otherwise(F.col("pos") + 1).alias("line_number"), "line",
+                F.when(F.col("file_is_blank"), F.lit("empty_file"))
+                .when(~F.col("file_is_utf8") & F.col("line").contains("\ufffd"), F.lit("invalid_utf8"))
                 .alias("file_reason"))
     )
-    return lines.unionByName(empty_files)
 
 
 def parquet_schema_problem(schema) -> str | None:
@@ -141,7 +143,9 @@ def classify_events(lines_df, rules: EventRules):
     checks: list[tuple[Any, Any]] = [
         (F.col("file_reason").isNotNull(), F.col("file_reason")),
         (F.col("_v").isNull() | has_trailing_content(F.col("line")), F.lit("malformed_json")),
-        (~F.expr("schema_of_variant(_v)").startswith("OBJECT"), F.lit("not_a_json_object")),
+        # A parsed line that starts with "{" is an object; only other lines pay for the whole value's schema.
+        (~F.when(F.col("line").startswith("{"), F.lit(True))
+         .otherwise(F.expr("schema_of_variant(_v)").startswith("OBJECT")), F.lit("not_a_json_object")),
     ]
     for name in (*REQUIRED_STRING_FIELDS, "event_time"):
         checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
@@ -181,13 +185,19 @@ def has_trailing_content(line):
     token. Deeper nesting than that falls back to a weaker rule (ends with '}', no '}' then '{')."""
     from pyspark.sql import functions as F
 
-    skeleton = F.regexp_replace(F.regexp_replace(line, r'"(?:[^"\\]++|\\.)*+"', '""'), r"^\s+|\s+$", "")
+    # The common line, one object whose values nest at most one object deep and hold no array, is recognised by
+    # one possessive regex (same string rule as below); only the others go through the skeleton passes.
+    string = r'"(?:[^"\\]++|\\.)*+"'
+    flat_object = r"\{(?:[^{}\[\]\"]++|" + string + r")*+\}"
+    simple_object = r"^\s*\{(?:[^{}\[\]\"]++|" + string + "|" + flat_object + r")*+\}\s*\z"
+    skeleton = F.regexp_replace(F.regexp_replace(line, string, '""'), r"^\s+|\s+$", "")
     reduced = skeleton
     for _ in range(MAX_NESTING_CHECKED):
         reduced = F.regexp_replace(reduced, r"\{[^{}\[\]]*+\}|\[[^{}\[\]]*+\]", "X")
     fully_reduced = ~reduced.rlike(r"[{}\[\]]")
     weak_rule = ~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{")
-    return skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule)
+    return F.when(line.rlike(simple_object), F.lit(False)).otherwise(
+        skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule))
 
 
 def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
@@ -230,6 +240,9 @@ def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
                    & (F.col("event_time") < F.lit(watermark.timestamp()).cast("timestamp")))
         df = df.withColumn("quarantine_reason", F.when(is_late, F.lit("late")).otherwise(F.col("quarantine_reason")))
     is_valid = F.col("quarantine_reason").isNull()
+    if "line" in df.columns:
+        # Only a quarantined record is ever written with its raw line: the dedupe shuffle need not carry the others.
+        df = df.withColumn("line", F.when(~is_valid, F.col("line")))
     first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("source_file", "line_number")
     ranked = df.withColumn("_rank", F.row_number().over(first_in_batch))
     seen = seen_df.select("event_id").distinct().withColumn("_seen", F.lit(True))
