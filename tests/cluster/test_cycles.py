@@ -25,7 +25,8 @@ def summaries(home: Path, run_id: str) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in reports.glob("*.json")}
 
 
-def land(env: dict[str, str], files: int) -> None:
+def land(env: dict[str, str], files: int) -> int:
+    """Generate FILES landing files into the profile's home; returns the records landed."""
     from devtools.generate import generate_stream
     from tidal.config import load_params
     from tidal.storage import StorageLayout
@@ -33,6 +34,7 @@ def land(env: dict[str, str], files: int) -> None:
     params = load_params(env["TIDAL_PARAMS"])
     layout = StorageLayout(Path(env["TIDAL_HOME"])).ensure()
     generate_stream(layout, params.generate, seed=7, files=files, event_types=params.base.event_types)
+    return files * params.generate.events_per_file
 
 
 def run_to_success(airflow: Airflow, dag_id: str, conf: dict | None = None) -> str:
@@ -43,6 +45,13 @@ def run_to_success(airflow: Airflow, dag_id: str, conf: dict | None = None) -> s
     return run_id
 
 
+def record_step_seconds(env: dict[str, str], airflow: Airflow, runs: list[tuple[str, str]]) -> None:
+    """Each run's task durations, beside the profile's directory (step_seconds.json), for the closing note."""
+    table = {f"{dag_id} {run_id}": {task: ti["duration"] for task, ti in airflow.task_instances(dag_id, run_id).items()}
+             for dag_id, run_id in runs}
+    (Path(env["TIDAL_CLUSTER_DIR"]).parent / "step_seconds.json").write_text(json.dumps(table, indent=1))
+
+
 def test_two_cycles_and_a_full_retrain_run_on_both_celery_workers_and_the_spark_cluster(cluster_profile):
     env = cluster_profile
     home = Path(env["TIDAL_HOME"])
@@ -51,21 +60,24 @@ def test_two_cycles_and_a_full_retrain_run_on_both_celery_workers_and_the_spark_
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
     airflow.wait_idle("tidal_incremental", 600)  # the run the unpause scheduled must not take our files
 
-    land(env, files=2)
-    first = summaries(home, run_to_success(airflow, "tidal_incremental"))
-    assert first["features"]["landed"] == 800
+    landed = land(env, files=2)
+    first_id = run_to_success(airflow, "tidal_incremental")
+    first = summaries(home, first_id)
+    assert first["features"]["landed"] == landed
     assert first["features"]["landed"] == first["features"]["accepted"] + first["features"]["quarantined"] \
         + first["features"]["duplicates"]
     assert first["promote"]["version"] == "v000001"
 
-    land(env, files=1)
+    landed = land(env, files=1)
     second_id = run_to_success(airflow, "tidal_incremental")
     second = summaries(home, second_id)
-    assert second["features"]["landed"] == 400
+    assert second["features"]["landed"] == landed
     assert second["finetune"]["kind"] == "incremental" and second["finetune"]["parent"] == "v000001"
     assert "version" in second["promote"] or "decision" in second["promote"]
 
     retrain_id = run_to_success(airflow, "tidal_full_retrain", {"reason": "cluster profile test"})
+    record_step_seconds(env, airflow, [("tidal_incremental", first_id), ("tidal_incremental", second_id),
+                                       ("tidal_full_retrain", retrain_id)])
     retrain_tis = airflow.task_instances("tidal_full_retrain", retrain_id)
     assert retrain_tis["train"]["state"] == "success" and retrain_tis["build_training_set"]["state"] == "success"
 

@@ -32,14 +32,19 @@ def run_features(env: dict[str, str], home: Path, params: Path) -> dict:
 
 
 def table(path: Path, home: Path, keys: list[str]) -> pd.DataFrame:
-    """Every Parquet file under PATH (hive partitions as columns, as plain values), sorted by KEYS; the home's own
-    path (in source_file) is cut so two homes compare."""
-    frame = pd.read_parquet(path)
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.CategoricalDtype):
-            frame[column] = frame[column].astype(str)
-        if frame[column].dtype == object and column == "source_file":
-            frame[column] = frame[column].str.replace(str(home), "<home>", regex=False)
+    """Every Parquet file under PATH, read file by file (a partition column can also be a data column, which a
+    dataset read refuses), with its partition folder as a column, sorted by KEYS; the home's own path (in
+    source_file) is cut so two homes compare."""
+    import pyarrow.parquet as pq
+
+    frames = []
+    for file in sorted(path.rglob("*.parquet")):
+        frame = pq.read_table(file).to_pandas()
+        frame["partition"] = str(file.parent.relative_to(path))
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    if "source_file" in frame.columns:
+        frame["source_file"] = frame["source_file"].str.replace(str(home), "<home>", regex=False)
     return frame.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
