@@ -166,11 +166,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="after the last file, how long to wait for every file to be served (0..1800; default 480)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--from-json", type=Path, help="recompute the figures of a saved results.json; run nothing")
     args = parser.parse_args(argv)
     problems = [message for bad, message in [
         (args.files < 1, "--files must be at least 1"), (not 5 <= args.interval <= 600, "--interval must be 5..600 s"),
         (not 1 <= args.every_minutes <= 60, "--every-minutes must be 1..60"),
-        (not 0 <= args.drain_s <= 1800, "--drain-s must be 0..1800")] if bad]
+        (not 0 <= args.drain_s <= 1800, "--drain-s must be 0..1800"),
+        (args.from_json is not None and not args.from_json.is_file(), f"--from-json {args.from_json}: no such file")]
+        if bad]
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -178,12 +181,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="tidal-freshness-"))
-    started = time.time()
-    results = {mode: run_mode(mode, args, folder) for mode in args.modes}
-    report = {"files_per_mode": args.files, "interval_s": args.interval, "every_minutes": args.every_minutes,
-              "cpus": os.cpu_count(), "started_at": iso(started), "wall_s": round(time.time() - started, 1),
-              "modes": results}
+    if args.from_json:  # the figures again from a run's saved rows and cycles, without running anything
+        report = json.loads(args.from_json.read_text())
+        for mode in report["modes"].values():
+            mode["summary"] = summary(mode["rows"], mode["cycles"])
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="tidal-freshness-"))
+        started = time.time()
+        results = {mode: run_mode(mode, args, folder) for mode in args.modes}
+        report = {"files_per_mode": args.files, "interval_s": args.interval, "every_minutes": args.every_minutes,
+                  "cpus": os.cpu_count(), "started_at": iso(started), "wall_s": round(time.time() - started, 1),
+                  "modes": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)

@@ -17,7 +17,7 @@ import numpy as np
 from tidal.freshness import file_freshness, first_version_per_batch, percentiles
 from tidal.pipelines import INCREMENTAL
 from tidal.registry import Registry, parse_utc
-from tidal.storage import StorageLayout
+from tidal.storage import StorageLayout, safe_name
 
 # The chain a file waits for, in order: the guard, then the seven steps (tidal/pipelines.py).
 CHAIN = (INCREMENTAL.guard_name, *INCREMENTAL.step_names)
@@ -100,7 +100,8 @@ def median(values: list[float | None]) -> float | None:
 
 def summary(rows: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> dict[str, Any]:
     """Percentiles per file, medians per task over the cycles, and where a file's wait went."""
-    starts = {c["run_id"]: c["start"] for c in cycles}
+    # A file's row names its run as the reports folder does (safe_name of the run id).
+    starts = {safe_name(c["run_id"]): c["start"] for c in cycles}
     waits = [starts[r["run_id"]] - r["landed_at"] for r in rows if starts.get(r["run_id"]) is not None]
     busy = [c for c in cycles if not c["idle"]]
     return {
