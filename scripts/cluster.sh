@@ -245,6 +245,8 @@ start_postgres() {
   if [[ $(id -u) == 0 ]]; then  # PostgreSQL refuses to run as root: an unprivileged system user runs it
     id -u tidal-postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin tidal-postgres
     run_as=(setpriv --reuid=tidal-postgres --regid=tidal-postgres --init-groups)
+    "${run_as[@]}" test -x "$cluster_dir" ||
+      die 1 "PostgreSQL runs as tidal-postgres, which cannot reach $cluster_dir: make every folder above it traversable (o+x), or set TIDAL_CLUSTER_DIR elsewhere"
   fi
   if [[ ! -f $pgdata/PG_VERSION ]]; then
     rm -rf "$pgdata"; mkdir -m 700 "$pgdata"

@@ -3,15 +3,22 @@ of ports, `down` at the end (every process it started, by PID)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests.cluster.cluster_run import cluster, cluster_env, free_port_base, sourced
 
 
 @pytest.fixture(scope="session")
-def cluster_profile(tmp_path_factory):
+def cluster_profile():
     """The running profile's environment, as `source "$(scripts/cluster.sh env)"` gives it."""
-    env = cluster_env(tmp_path_factory.mktemp("cluster"), free_port_base(),
+    # Not under pytest's 0700 temp root: as root, PostgreSQL runs as an unprivileged user that must reach its data.
+    cluster_dir = Path(tempfile.mkdtemp(prefix="tidal-cluster-"))
+    cluster_dir.chmod(0o755)
+    env = cluster_env(cluster_dir, free_port_base(),
                       # The tests trigger every run themselves: no tick, no run started by a landing file.
                       TIDAL_INCREMENTAL_EVERY_MINUTES="1440", TIDAL_INCREMENTAL_TRIGGER="schedule")
     try:
@@ -21,3 +28,4 @@ def cluster_profile(tmp_path_factory):
     finally:
         stopped = cluster("down", env=env, timeout=300)
         assert stopped.returncode == 0, stopped.stderr[-6000:]
+        shutil.rmtree(cluster_dir, ignore_errors=True)
