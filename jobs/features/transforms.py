@@ -45,10 +45,14 @@ def landing_lines(files_df):
     # Blank means nothing but whitespace (F.trim strips spaces only, not newlines or tabs). One regex find that stops
     # at the first non-blank character, not a rewrite of the whole text.
     is_blank = ~F.coalesce(F.col("text"), F.lit("")).rlike(r"\S")
-    exploded = with_text.select(
-        "source_file", is_blank.alias("file_is_blank"),
-        F.when(is_blank, F.lit(True)).otherwise(F.expr("is_valid_utf8(text)")).alias("file_is_utf8"),
-        F.posexplode(F.when(is_blank, F.array(F.lit(None).cast("string")))
+    # The per-file columns in their own projection, below the explode: next to the generator, Spark would evaluate
+    # them above it, once per line, over the whole file's text.
+    per_file = with_text.select(
+        "source_file", "text", is_blank.alias("file_is_blank"),
+        F.when(is_blank, F.lit(True)).otherwise(F.expr("is_valid_utf8(text)")).alias("file_is_utf8"))
+    exploded = per_file.select(
+        "source_file", "file_is_blank", "file_is_utf8",
+        F.posexplode(F.when(F.col("file_is_blank"), F.array(F.lit(None).cast("string")))
                      .otherwise(F.split(F.col("text"), "\r?\n"))).alias("pos", "line"))
     return (
         exploded.filter(F.col("file_is_blank") | F.col("line").rlike(r"\S"))
