@@ -57,6 +57,12 @@ test-fast: venv
 test-cluster: venv
 	$(BIN)/python -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
 
+# The speed benchmarks side by side (benchmarks/run.py): features vs DuckDB, the 10k cycle, drift, the training loop.
+# Heavy (minutes); BENCH_ARGS passes options, e.g. BENCH_ARGS="--events 1000000 --freshness".
+.PHONY: bench
+bench: venv
+	PYTHONPATH=. $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
 # Regenerate the lock from a fresh resolve of pyproject's direct dependencies.
 lock:
 	rm -rf /tmp/tidal-lock-venv && $(PYTHON) -m venv /tmp/tidal-lock-venv

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir, removed at the end")
     parser.add_argument("--no-record", action="store_true", help="do not write throughput.json or RESULTS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here (benchmarks/run.py reads it)")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PAYLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     note = machine_note(load.summary())
     print(table)
     print(note)
+    if args.json:
+        args.json.write_text(json.dumps({"command": command, "load_avg_1m": load.summary(), "rows": rows}, indent=2))
     if not args.no_record:
         record = {"command": command, "machine": note, "generated": generated, "events_per_file": args.events_per_file,
                   "master": args.master, "duckdb_threads": threads, "driver_memory": args.driver_memory,
