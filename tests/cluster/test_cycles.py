@@ -75,7 +75,9 @@ def test_two_cycles_and_a_full_retrain_run_on_both_celery_workers_and_the_spark_
     assert second["finetune"]["kind"] == "incremental" and second["finetune"]["parent"] == "v000001"
     assert "version" in second["promote"] or "decision" in second["promote"]
 
-    retrain_id = run_to_success(airflow, "tidal_full_retrain", {"reason": "cluster profile test"})
+    # register: a version without serving it, so the run does not depend on the gate's verdict against production
+    # (with promote=auto a rejected retrain fails the run by design).
+    retrain_id = run_to_success(airflow, "tidal_full_retrain", {"reason": "cluster profile test", "promote": "register"})
     record_step_seconds(env, airflow, [("tidal_incremental", first_id), ("tidal_incremental", second_id),
                                        ("tidal_full_retrain", retrain_id)])
     retrain_tis = airflow.task_instances("tidal_full_retrain", retrain_id)
