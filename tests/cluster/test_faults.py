@@ -35,6 +35,17 @@ def assert_batch_exactly_once(home: Path, features: dict) -> None:
     assert int(bronze["ingest_batch_id"].isin(features["batch_ids"]).sum()) == features["accepted"]
 
 
+def finished_exactly_once(env: dict[str, str], airflow: Airflow, run_id: str) -> tuple[dict, dict]:
+    """Waits for the run; asserts it succeeded and its batch is in bronze exactly once. Returns (its task
+    instances, its features summary)."""
+    run = airflow.wait("tidal_incremental", run_id, RUN_TIMEOUT_S)
+    tis = airflow.task_instances("tidal_incremental", run_id)
+    assert run["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
+    features = summaries(Path(env["TIDAL_HOME"]), run_id)["features"]
+    assert_batch_exactly_once(Path(env["TIDAL_HOME"]), features)
+    return tis, features
+
+
 def restart_what_died(env: dict[str, str]) -> None:
     started = cluster("up", env=env)
     assert started.returncode == 0, started.stderr[-4000:]
@@ -50,13 +61,10 @@ def test_a_celery_worker_killed_mid_task_is_retried_on_the_other_one(cluster_pro
     killed = kill_tree(component_pid(env, victim))
     assert len(killed) >= 3  # the worker, its pool process, the task's supervisor and what it runs
 
-    run = airflow.wait("tidal_incremental", run_id, RUN_TIMEOUT_S)
-    tis = airflow.task_instances("tidal_incremental", run_id)
-    assert run["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
+    tis, _ = finished_exactly_once(env, airflow, run_id)
     assert tis["features"]["try_number"] == 2
     tries = {tr: w for dag, run, task, tr, w in celery_workers_by_task(env) if (run, task) == (run_id, "features")}
     assert tries[1] == victim and tries[2] != victim, tries
-    assert_batch_exactly_once(Path(env["TIDAL_HOME"]), summaries(Path(env["TIDAL_HOME"]), run_id)["features"])
     restart_what_died(env)
 
 
@@ -73,12 +81,8 @@ def test_a_spark_worker_killed_mid_batch_leaves_the_batch_to_the_other_one(clust
     time.sleep(15)
     kill_tree(component_pid(env, "spark-worker-2"))
 
-    run = airflow.wait("tidal_incremental", run_id, RUN_TIMEOUT_S)
-    tis = airflow.task_instances("tidal_incremental", run_id)
-    assert run["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
-    features = summaries(Path(env["TIDAL_HOME"]), run_id)["features"]
+    _, features = finished_exactly_once(env, airflow, run_id)
     assert features["landed"] == landed
-    assert_batch_exactly_once(Path(env["TIDAL_HOME"]), features)
     restart_what_died(env)
     alive = [w for w in spark_master_state(env)["workers"] if w["state"] == "ALIVE"]
     assert len(alive) == 2
@@ -97,9 +101,5 @@ def test_postgres_restarted_between_cycles_the_next_cycle_runs(cluster_profile):
     landed = land(env, files=1)
     airflow = Airflow(env)
     run_id = airflow.trigger("tidal_incremental")
-    run = airflow.wait("tidal_incremental", run_id, RUN_TIMEOUT_S)
-    tis = airflow.task_instances("tidal_incremental", run_id)
-    assert run["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
-    features = summaries(Path(env["TIDAL_HOME"]), run_id)["features"]
+    _, features = finished_exactly_once(env, airflow, run_id)
     assert features["landed"] == landed
-    assert_batch_exactly_once(Path(env["TIDAL_HOME"]), features)
