@@ -181,10 +181,6 @@ class _Net(nn.Module):
         loss = (weights * (torch.logsumexp(logits, 1) - pos)).mean()
         return logits, loss
 
-    def l2_penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Sum of squares of the user and item rows a batch touches, per row of the batch."""
-        return (self.user[users].pow(2).sum() + self.item[items].pow(2).sum()) / len(users)
-
     def zero_padding_grads(self) -> None:
         self.category.grad[0] = 0.0  # the padding row stays zero
         self.category_bias.grad[0] = 0.0
@@ -211,28 +207,46 @@ class _Net(nn.Module):
         return self.item[idx] + vec[idx], self.item_bias[idx] + bias[idx]
 
 
-class _AnchorPenalty:
-    """L2-SP toward the anchor (the last full retrain): rows of user, item and category embeddings that the
-    anchor knows, mapped onto this model's vocabulary. Item biases are not anchored: they carry "what is popular
-    now", which must follow the stream; pinning them to the anchor's moment is what makes a stale model stale."""
+class _Regularizer:
+    """The fine-tune's two penalties, added to the gradients in closed form after the loss's backward pass:
+    - L2 `l2 * (sum_b |p_u_b|^2 + sum_b |e_i_b|^2) / B` on the user and item rows a batch touches;
+    - L2-SP `anchor_l2 * |theta - theta_anchor|^2` toward the anchor (the last full retrain) on the rows of user,
+      item and category embeddings the anchor knows, mapped onto this model's vocabulary. Item biases are not
+      anchored: they carry "what is popular now", which must follow the stream; pinning them to the anchor's
+      moment is what makes a stale model stale.
+    Why closed form: both gradients are one line of algebra (2 * strength * (theta - target)), while autograd
+    through them costs a gather, a scatter-add and a power per table per batch; that was most of the fine-tune's
+    time over a bare loop (benchmarks/training/loop.py). The optimum is the same."""
 
-    def __init__(self, net: _Net, anchor: "Checkpoint | None", uidx: dict, iidx: dict, strength: float):
+    def __init__(self, net: _Net, anchor: "Checkpoint | None", uidx: dict, iidx: dict, l2: float, strength: float):
+        self.l2 = l2
         self.strength = strength
-        self.terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # (parameter, its rows the anchor knows, the anchor's values for them): the rows are a slice when the
+        # anchor's vocabulary is a prefix of this one (the usual case: vocabularies are append-only), else an index.
+        self.anchored: list[tuple[nn.Parameter, slice | torch.Tensor, torch.Tensor]] = []
         if anchor is None or strength <= 0:
             return
         for name, own, theirs in (("user", uidx, anchor._user_ids), ("item", iidx, anchor._item_ids)):
             mine, src = _shared_rows(own, theirs)
             if len(mine):
-                self.terms.append((getattr(net, name), mine, anchor.weights[name][src].clone()))
+                target = anchor.weights[name][src]
+                rows = slice(0, len(mine)) if torch.equal(mine, torch.arange(len(mine))) else mine
+                self.anchored.append((getattr(net, name), rows, target.clone()))
         shared = min(net.category.shape[0], anchor.weights["category"].shape[0])
-        self.terms.append((net.category, torch.arange(shared), anchor.weights["category"][:shared].clone()))
+        self.anchored.append((net.category, slice(0, shared), anchor.weights["category"][:shared].clone()))
 
-    def __call__(self) -> torch.Tensor:
-        total = torch.zeros(())
-        for param, rows, target in self.terms:
-            total = total + (param[rows] - target).pow(2).sum()
-        return self.strength * total
+    @torch.no_grad()
+    def add_gradients(self, net: _Net, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Add both penalties' gradients to `net`'s .grad (after backward, before clipping)."""
+        if self.l2 > 0:
+            scale = 2.0 * self.l2 / len(users)
+            net.user.grad.index_add_(0, users, net.user[users], alpha=scale)
+            net.item.grad.index_add_(0, items, net.item[items], alpha=scale)
+        for param, rows, target in self.anchored:
+            if isinstance(rows, slice):
+                param.grad[rows].add_(param[rows] - target, alpha=2.0 * self.strength)
+            else:
+                param.grad.index_add_(0, rows, param[rows] - target, alpha=2.0 * self.strength)
 
 
 def _shared_rows(own: dict[str, int], theirs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -761,10 +775,10 @@ def _examples(new: pd.DataFrame, replayed: pd.DataFrame, vocab: _Vocab, new_ages
 
 
 def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-         epochs: int, cfg: TrainConfig, anchor: _AnchorPenalty, gen: torch.Generator,
+         epochs: int, cfg: TrainConfig, regularizer: _Regularizer, gen: torch.Generator,
          say: Callable[[str], None]) -> tuple[list[float], bool]:
-    """The training loop: shuffled batches, the model's loss plus penalties, clipped Adam steps. Returns the
-    mean loss per epoch and False if a loss became non-finite (training stops there)."""
+    """The training loop: shuffled batches, the model's loss, the penalties' gradients, clipped Adam steps.
+    Returns the mean loss per epoch and False if a loss became non-finite (training stops there)."""
     u_all, i_all, w_all = examples
     n_ex, n_items = len(u_all), net.item.shape[0]
     params = [getattr(net, name) for name in _PARAM_NAMES]
@@ -777,16 +791,18 @@ def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tens
             u, i = u_all[b], i_all[b]                                       # (B,)
             negatives = torch.randint(0, n_items, (cfg.negatives,), generator=gen)  # (S,)
             _, loss = net(u, i, negatives, w_all[b])
-            objective = loss + cfg.l2 * net.l2_penalty(u, i) + anchor()
-            if not torch.isfinite(objective):
+            value = loss.item()
+            # A non-finite weight anywhere shows up here once a batch touches it, and in `weights_finite` at the end.
+            if not math.isfinite(value):
                 say(f"epoch {epoch + 1}/{epochs}: non-finite loss, candidate rejected")
                 return losses, False
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            loss.backward()
+            regularizer.add_gradients(net, u, i)
             net.zero_padding_grads()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
             optimizer.step()
-            total += loss.item() * len(b)
+            total += value * len(b)
         losses.append(total / n_ex)
         say(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} ({n_ex} examples)")
     return losses, True
@@ -849,15 +865,17 @@ def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint
                        catalog_categories=vocab.catalog_categories, weights=weights, optimizer=None,
                        popularity=torch.zeros(0, 0), trained_until=t_ref, events_seen=events_seen)
     net = _build_net(draft)
-    optimizer = torch.optim.Adam([getattr(net, name) for name in _PARAM_NAMES], lr=lr)
+    # The fused kernel: one pass per parameter instead of a dozen element-wise ops (the same Adam update).
+    optimizer = torch.optim.Adam([getattr(net, name) for name in _PARAM_NAMES], lr=lr, fused=True)
     if finetune and init_from.optimizer is not None:
         optimizer.load_state_dict(_grown_optimizer_state(init_from.optimizer,
                                                          [getattr(net, name) for name in _PARAM_NAMES]))
         for group in optimizer.param_groups:
             group["lr"] = lr  # the saved state carries the previous run's lr
+            group["fused"], group["foreach"] = True, None  # and its implementation (older checkpoints: unfused)
     examples = _examples(new, replayed, vocab, new_ages, half_life)
     losses, finite = _fit(net, optimizer, examples, epochs, cfg,
-                          _AnchorPenalty(net, anchor, vocab.uidx, vocab.iidx, cfg.anchor_l2), gen, say)
+                          _Regularizer(net, anchor, vocab.uidx, vocab.iidx, cfg.l2, cfg.anchor_l2), gen, say)
 
     # The popularity prior learns the new events only, not the replay.
     popularity = _advance_popularity(init_from, examples[1][: len(new)], new_ages, len(vocab.item_ids),
