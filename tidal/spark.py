@@ -1,4 +1,14 @@
-"""One place that builds the local Spark session every Spark job uses (bound to loopback, UI off, UTC)."""
+"""One place that builds the Spark session every Spark job uses: a local JVM (bound to loopback, UI off, UTC), or a
+Spark Connect session on a server that is already warm (TIDAL_SPARK_REMOTE, e.g. the stack's `sc://127.0.0.1:18415`).
+
+Connect exists so a task does not pay a JVM start: `scripts/stack.sh up spark` keeps one server up for the stack's
+life and writes its URL into stack.env, so the DAG's tasks and `tidal cycle` run on it. Without the setting every
+caller gets a local session as before.
+
+A process is either a Connect client or a local driver, never both: pyspark marks the whole process as Connect
+(SPARK_CONNECT_MODE_ENABLED) once a Connect session exists, and `pyspark.sql.functions` then builds Connect
+columns only. Tests that compare the two run each in its own process.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,17 @@ import os
 import sys
 
 from tidal.config import Settings
+
+
+# Session settings that a Connect client may set per session (the server's static ones, such as the UI, the driver's
+# address and heap, are fixed when scripts/stack.sh starts it).
+def session_conf(shuffle_partitions: int) -> dict[str, str]:
+    return {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        # A replayed micro-batch rewrites only the partitions it owns.
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    }
 
 
 def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "tidal",
@@ -16,27 +37,46 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers (if a plan needs any) must run this interpreter, not whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
+    builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-        # A replayed micro-batch rewrites only the partitions it owns.
-        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         # Read only when this call starts the JVM (features.spark_driver_memory); a running session keeps its heap.
         .config("spark.driver.memory", driver_memory)
-        .getOrCreate()
     )
+    for key, value in session_conf(shuffle_partitions).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-def spark_for(settings: Settings):
-    from tidal.spark import spark_session
+def connect_session(remote: str, shuffle_partitions: int = 4):
+    """A session on the Spark Connect server at `remote` (sc://HOST:PORT): no JVM in this process. The session
+    settings are applied on every call, as getOrCreate returns the process's existing session."""
+    from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder.remote(remote)
+    for key, value in session_conf(shuffle_partitions).items():
+        builder = builder.config(key, value)
+    try:
+        return builder.getOrCreate()
+    except Exception as err:  # noqa: BLE001 - grpc raises its own types; the message says what to do either way
+        raise RuntimeError(
+            f"no Spark Connect server answered at {remote} ({str(err).splitlines()[0][:200]}): start the stack's "
+            "with `scripts/stack.sh up spark`, or unset TIDAL_SPARK_REMOTE to run a local Spark") from err
+
+
+def spark_for(settings: Settings):
     fp = settings.params.features
+    if settings.spark_remote:
+        return connect_session(settings.spark_remote, fp.shuffle_partitions)
     return spark_session(fp.spark_master, fp.shuffle_partitions, driver_memory=fp.spark_driver_memory)
+
+
+def is_connect(spark) -> bool:
+    """Whether `spark` is a Spark Connect session (a client of a server) rather than a local driver."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")

@@ -331,11 +331,15 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
         .option("maxFilesPerTrigger", settings.params.features.max_files_per_trigger)
         .load(str(layout.landing_events))
     )
-    batch_ids: list[int] = []
+    # The batches this run makes are the ones the checkpoint commits from here on (a batch a killed run left
+    # uncommitted is replayed, and so counted, here). Read from the checkpoint, not gathered by the callback: on a
+    # Spark Connect server the callback runs in the server's Python worker, so nothing it appends reaches this process.
+    committed_before = last_committed_batch(layout.stream_checkpoint)
 
     def on_batch(files_df, batch_id: int) -> None:
-        manifest = process_micro_batch(spark, files_df, batch_id, layout, settings, batch_clock(layout, batch_id, now))
-        batch_ids.append(batch_id)
+        # files_df's own session: on Connect this runs server-side, where the job's client session does not exist.
+        manifest = process_micro_batch(files_df.sparkSession, files_df, batch_id, layout, settings,
+                                       batch_clock(layout, batch_id, now))
         print(f"[features] batch {batch_id}: {manifest['landed']} landed, {manifest['accepted']} accepted, "
               f"{manifest['quarantined']} quarantined, {manifest['duplicates']} duplicates", flush=True)
 
@@ -343,12 +347,24 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
              .option("checkpointLocation", str(layout.stream_checkpoint))
              .trigger(availableNow=True).start())
     query.awaitTermination()
+    batch_ids = [b for b in committed_batch_ids(layout.stream_checkpoint) if b > committed_before]
     manifests = read_batch_manifests(layout, batch_ids)
     summary = summarize_batches(manifests, time.monotonic() - started)
     summary["online_store"] = online_summary(settings, manifests)
     # After the stream has stopped: this job is bronze's only writer, so no batch can write a date being compacted.
     summary["compaction"] = compact_bronze(spark, settings)
     return record_summary(reports_dir, "features", summary)
+
+
+def committed_batch_ids(checkpoint: Path) -> list[int]:
+    """The micro-batches the stream's checkpoint has committed (commits/<id>: written once a batch's callback has
+    returned), in order; Spark keeps the newest ones only, which is all a run needs."""
+    commits = checkpoint / "commits"
+    return sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit()) if commits.is_dir() else []
+
+
+def last_committed_batch(checkpoint: Path) -> int:
+    return max(committed_batch_ids(checkpoint), default=-1)
 
 
 def online_summary(settings: Settings, manifests: list[dict]) -> dict[str, Any]:

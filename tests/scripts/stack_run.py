@@ -22,7 +22,7 @@ VENV_BIN = REPO_ROOT / ".venv" / "bin"
 # Moved ports that keep clear of the default stack's (18333, 18090, 19300 and what they derive), for tests that
 # start nothing; a test that starts a server takes free_ports().
 TEST_PORTS = {"TIDAL_S3_PORT": "21333", "TIDAL_AIRFLOW_PORT": "21090", "TIDAL_WEED_PORT_BASE": "20300",
-              "TIDAL_REDIS_PORT": "21379", "TIDAL_SERVING_PORT": "21400"}
+              "TIDAL_REDIS_PORT": "21379", "TIDAL_SERVING_PORT": "21400", "TIDAL_SPARK_PORT": "21415"}
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -69,7 +69,7 @@ def stack_dir_env(stack_dir: Path, **settings: str) -> dict[str, str]:
 def ports_in_block(base: int) -> dict[str, str]:
     """Every port of a stack within base..base+99 and base+10000..base+10099."""
     return {"TIDAL_WEED_PORT_BASE": str(base), "TIDAL_S3_PORT": str(base + 20), "TIDAL_AIRFLOW_PORT": str(base + 10),
-            "TIDAL_REDIS_PORT": str(base + 30), "TIDAL_SERVING_PORT": str(base + 40)}
+            "TIDAL_REDIS_PORT": str(base + 30), "TIDAL_SERVING_PORT": str(base + 40), "TIDAL_SPARK_PORT": str(base + 50)}
 
 
 def free_ports() -> dict[str, str]:

@@ -17,7 +17,7 @@ DEFAULT_TABLE = {
     18333: "S3 API", 28333: "S3 gRPC", 19333: "master", 29333: "master gRPC", 19380: "volume",
     29380: "volume gRPC", 19388: "filer", 29388: "filer gRPC", 19346: "admin", 29346: "admin gRPC",
     18090: "API server and UI", 19393: "worker log server", 19394: "triggerer log server", 18379: "online store",
-    18400: "recommendations API",
+    18400: "recommendations API", 18415: "Spark Connect",
 }
 
 
@@ -64,7 +64,7 @@ def test_moved_ports_move_every_derived_port(tmp_path):
         21333: "S3 API", 31333: "S3 gRPC", 20333: "master", 30333: "master gRPC", 20380: "volume",
         30380: "volume gRPC", 20388: "filer", 30388: "filer gRPC", 20346: "admin", 30346: "admin gRPC",
         21090: "API server and UI", 20393: "worker log server", 20394: "triggerer log server", 21379: "online store",
-        21400: "recommendations API",
+        21400: "recommendations API", 21415: "Spark Connect",
     }
 
 

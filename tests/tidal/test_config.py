@@ -14,7 +14,7 @@ from tidal.config import DEFAULT_PARAMS_PATH, REPO_ROOT, ConfigError, Params, lo
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in ("TIDAL_HOME", "TIDAL_PARAMS", "TIDAL_S3_ENDPOINT", "AWS_ENDPOINT_URL", "TIDAL_S3_BUCKET",
-                 "TIDAL_S3_PREFIX"):
+                 "TIDAL_S3_PREFIX", "TIDAL_SPARK_REMOTE", "SPARK_REMOTE"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -100,6 +100,29 @@ def test_s3_settings_come_from_the_environment(clean_env):
     s3 = load_settings().s3
     assert s3.endpoint_url == "http://127.0.0.1:8333"  # TIDAL_S3_ENDPOINT wins over AWS_ENDPOINT_URL
     assert s3.remote_url == "s3://models/runs"
+
+
+def test_spark_remote_is_local_by_default_and_comes_from_the_environment(clean_env):
+    assert load_settings().spark_remote is None  # no setting: every job starts its own local Spark
+    clean_env.setenv("SPARK_REMOTE", "sc://127.0.0.1:15002")  # pyspark's own variable is honoured...
+    assert load_settings().spark_remote == "sc://127.0.0.1:15002"
+    clean_env.setenv("TIDAL_SPARK_REMOTE", "sc://127.0.0.1:18415/;user_id=tidal")  # ...and tidal's wins over it
+    assert load_settings().spark_remote == "sc://127.0.0.1:18415/;user_id=tidal"
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("local[2]", "scheme '' is not sc"),  # pyspark's in-process server: the JVM start per task this setting avoids
+    ("http://127.0.0.1:18415", "scheme 'http' is not sc"),
+    ("sc://:18415", "it names no host"),
+    ("sc://127.0.0.1", "it names no port"),
+    ("sc://127.0.0.1:99999", "Port out of range"),
+    ("sc://127.0.0.1:18415/db", "path '/db' is not empty"),
+])
+def test_a_spark_remote_that_is_not_a_connect_url_is_refused_saying_what_to_give(clean_env, url, problem):
+    clean_env.setenv("TIDAL_SPARK_REMOTE", url)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert problem in str(refused.value) and "Give sc://HOST:PORT" in str(refused.value)
 
 
 def test_settings_are_frozen(clean_env):
