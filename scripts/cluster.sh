@@ -143,6 +143,14 @@ launch() { # launch NAME COMMAND...: in its own session, logs to logs/NAME.log, 
   record_pid "$name" $!
   log "$name starting (pid $!)"
 }
+supervised() { # supervised NAME COMMAND...: launch NAME as a loop that starts COMMAND again 5 s after it exits
+  # What systemd's Restart=always or a Kubernetes pod gives a real deployment. Airflow's scheduler, triggerer and
+  # dag-processor exit when the metadata DB goes away (seen when PostgreSQL restarts, tests/cluster/test_faults.py)
+  # and nothing else would start them again. `down` signals the loop with the whole tree, so nothing restarts then.
+  local name=$1; shift
+  launch "$name" bash -c 'while :; do "$@"; echo "[cluster] $0 exited with status $?; starting it again in 5 s" >&2; sleep 5; done' \
+    "$name" "$@"
+}
 wait_until() { # wait_until NAME SECONDS COMMAND...: COMMAND succeeds, or NAME died, or time is up
   local name=$1 limit=$2 i; shift 2
   for ((i = 0; i < limit; i++)); do
@@ -280,15 +288,15 @@ start_airflow() {
     "$venv_bin/airflow" db migrate >"$cluster_dir/logs/airflow-db-migrate.log" 2>&1 ||
       { tail -30 "$cluster_dir/logs/airflow-db-migrate.log" >&2; die 1 "airflow db migrate failed"; }
   fi
-  launch airflow-api-server "$venv_bin/airflow" api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT" --workers 1
+  supervised airflow-api-server "$venv_bin/airflow" api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT" --workers 1
   # --skip-serve-logs: the one log server each of these would start binds all interfaces (Airflow hard-codes
   # it); every component shares this machine's log folder, so the API server reads the task logs from disk.
-  launch airflow-scheduler "$venv_bin/airflow" scheduler --skip-serve-logs
-  launch airflow-dag-processor "$venv_bin/airflow" dag-processor
-  launch airflow-triggerer "$venv_bin/airflow" triggerer --skip-serve-logs
+  supervised airflow-scheduler "$venv_bin/airflow" scheduler --skip-serve-logs
+  supervised airflow-dag-processor "$venv_bin/airflow" dag-processor
+  supervised airflow-triggerer "$venv_bin/airflow" triggerer --skip-serve-logs
   local name
   for name in "${celery_names[@]}"; do
-    launch "$name" "$venv_bin/airflow" celery worker --celery-hostname "$name@tidal" --concurrency 1 --skip-serve-logs
+    supervised "$name" "$venv_bin/airflow" celery worker --celery-hostname "$name@tidal" --concurrency 1 --skip-serve-logs
   done
   wait_until airflow-api-server 240 curl -sf "$AIRFLOW__API__BASE_URL/api/v2/monitor/health" || return 1
   "$venv_bin/airflow" pools set tidal_model 1 "tidal: one model-changing task at a time (retrain, fine-tune, promote, rollback)" >/dev/null

@@ -4,7 +4,7 @@ accounted for exactly once. `scripts/cluster.sh up` then restarts what was kille
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from pathlib import Path
 
@@ -16,23 +16,46 @@ from tests.cluster.cluster_run import (Airflow, celery_task_started, celery_work
 from tests.cluster.test_cycles import RUN_TIMEOUT_S, land, summaries
 
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow,
-              # Opt-in until they have run green once (each costs a cycle): TIDAL_CLUSTER_FAULTS=1 make test-cluster.
-              pytest.mark.skipif(os.environ.get("TIDAL_CLUSTER_FAULTS") != "1",
-                                 reason="fault tests not yet verified green; TIDAL_CLUSTER_FAULTS=1 runs them")]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def landed_records(source_files: set[str]) -> pd.DataFrame:
+    """The records of the landing files a batch read (bronze's source_file, a file: URI), as the producer wrote
+    them; a line that is not JSON is left out (it would be in quarantine)."""
+    records = []
+    for uri in source_files:
+        for line in Path(uri.removeprefix("file:")).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return pd.DataFrame(records)
 
 
 def assert_batch_exactly_once(home: Path, features: dict) -> None:
-    """Every accepted event of the run is in bronze once; no event id is there twice, from this run or any other."""
+    """Every accepted event of the run is in bronze once, as it landed; no event id is there twice, from this run
+    or any other; with nothing quarantined or duplicate, every landed record of the batch is there."""
+    import pyarrow.parquet as pq
+
     from tidal.storage import StorageLayout
 
     assert features["landed"] == features["accepted"] + features["quarantined"] + features["duplicates"]
-    import pyarrow.parquet as pq
-
+    columns = ["event_id", "user_id", "item_id", "event_type", "event_time", "source_file", "ingest_batch_id"]
     files = sorted(StorageLayout(home).bronze_events.rglob("*.parquet"))
-    bronze = pd.concat([pq.read_table(f, columns=["event_id", "ingest_batch_id"]).to_pandas() for f in files])
+    bronze = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files])
     assert not bronze["event_id"].duplicated().any(), bronze[bronze["event_id"].duplicated()].head()
-    assert int(bronze["ingest_batch_id"].isin(features["batch_ids"]).sum()) == features["accepted"]
+    batch = bronze[bronze["ingest_batch_id"].isin(features["batch_ids"])]
+    assert len(batch) == features["accepted"] > 0
+
+    landed = landed_records(set(batch["source_file"])).dropna(subset=["event_id"]).drop_duplicates("event_id")
+    same = batch.merge(landed, on="event_id", how="left", suffixes=("", "_landed"), validate="one_to_one")
+    assert same["user_id_landed"].notna().all(), same[same["user_id_landed"].isna()].head()  # none made up
+    for column in ("user_id", "item_id", "event_type"):
+        assert (same[column] == same[f"{column}_landed"]).all(), column
+    landed_time = pd.to_datetime(same["event_time_landed"], utc=True).dt.tz_localize(None)
+    assert (same["event_time"] == landed_time).all()
+    if features["quarantined"] == features["duplicates"] == 0:
+        assert set(batch["event_id"]) == set(landed["event_id"])
 
 
 def finished_exactly_once(env: dict[str, str], airflow: Airflow, run_id: str) -> tuple[dict, dict]:
@@ -46,6 +69,22 @@ def finished_exactly_once(env: dict[str, str], airflow: Airflow, run_id: str) ->
     return tis, features
 
 
+def executor_tasks_started(env: dict[str, str], worker: str, app_id: str) -> int:
+    """How many tasks WORKER's executor of APP_ID has started: its `Executor: Running task` lines (INFO, stderr)."""
+    logs = (Path(env["TIDAL_CLUSTER_DIR"]) / "spark" / worker / app_id).glob("*/stderr")
+    return sum(log.read_text(errors="replace").count("Executor: Running task") for log in logs)
+
+
+def running_apps(env: dict[str, str]) -> set[str]:
+    return {app["id"] for app in spark_master_state(env)["activeapps"]}
+
+
+def task_log(env: dict[str, str], run_id: str, task_id: str, try_number: int) -> str:
+    """One try's log as the Celery worker wrote it (the profile's shared log folder, Airflow's default layout)."""
+    return (Path(env["AIRFLOW_HOME"]) / "logs" / "dag_id=tidal_incremental" / f"run_id={run_id}" / f"task_id={task_id}"
+            / f"attempt={try_number}.log").read_text(errors="replace")
+
+
 def restart_what_died(env: dict[str, str]) -> None:
     started = cluster("up", env=env)
     assert started.returncode == 0, started.stderr[-4000:]
@@ -57,7 +96,10 @@ def test_a_celery_worker_killed_mid_task_is_retried_on_the_other_one(cluster_pro
     land(env, files=1)
     run_id = airflow.trigger("tidal_incremental")
     victim = celery_task_started(env, "tidal_incremental", run_id, "features", 600)
-    time.sleep(20)  # in the middle of the Spark batch
+    deadline = time.monotonic() + 300
+    while not running_apps(env):  # in the middle of the Spark batch: its driver (in the task) has an application
+        assert time.monotonic() < deadline, "the features job never reached the Spark master"
+        time.sleep(1)
     killed = kill_tree(component_pid(env, victim))
     assert len(killed) >= 3  # the worker, its pool process, the task's supervisor and what it runs
 
@@ -75,14 +117,22 @@ def test_a_spark_worker_killed_mid_batch_leaves_the_batch_to_the_other_one(clust
     run_id = airflow.trigger("tidal_incremental")
     celery_task_started(env, "tidal_incremental", run_id, "features", 600)
     deadline = time.monotonic() + 300
-    while not spark_master_state(env)["activeapps"]:  # the features job's application has its executors
+    while not (apps := spark_master_state(env)["activeapps"]):  # the features job's application
         assert time.monotonic() < deadline, "the features job never reached the Spark master"
         time.sleep(1)
-    time.sleep(15)
+    [app] = apps
+    # Killed once its executor has run tasks of the batch, so the driver loses work in flight and the shuffle
+    # output that executor held, not an idle executor (a fixed sleep killed one before its first task).
+    while executor_tasks_started(env, "spark-worker-2", app["id"]) < 5:
+        assert app["id"] in running_apps(env), "the features job finished before spark-worker-2 ran 5 of its tasks"
+        assert time.monotonic() < deadline, "spark-worker-2's executor did not start 5 tasks within 300 s"
+        time.sleep(0.5)
     kill_tree(component_pid(env, "spark-worker-2"))
+    assert app["id"] in running_apps(env)  # the batch was still running when its worker died
 
-    _, features = finished_exactly_once(env, airflow, run_id)
+    tis, features = finished_exactly_once(env, airflow, run_id)
     assert features["landed"] == landed
+    assert "Lost executor" in task_log(env, run_id, "features", tis["features"]["try_number"])
     restart_what_died(env)
     alive = [w for w in spark_master_state(env)["workers"] if w["state"] == "ALIVE"]
     assert len(alive) == 2
