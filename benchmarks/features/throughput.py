@@ -75,26 +75,31 @@ class LoadSampler:
 def spark_pass(home: Path, overrides: dict[str, Any], now_epoch_s: float) -> dict[str, Any]:
     """Spark session start, then one run_features pass over everything under home/landing."""
     os.environ["TIDAL_HOME"] = str(home)
+    import psutil
+
     from jobs.features.stream import run_features
     from tidal.config import load_settings
-    from tidal.spark import spark_session
+    from tidal.spark import spark_for
 
     settings = load_settings(overrides=overrides)
-    fp = settings.params.features
     started = time.monotonic()
-    # Started here with the configured heap; run_features' own getOrCreate then reuses this session.
-    spark = spark_session(fp.spark_master, fp.shuffle_partitions, driver_memory=fp.spark_driver_memory)
+    # Started here with the configured heap (or, with TIDAL_SPARK_REMOTE, a session on the warm server); run_features'
+    # own getOrCreate then reuses this session.
+    spark = spark_for(settings)
     spark.range(1).count()
     start_s = time.monotonic() - started
     started = time.monotonic()
     summary = run_features(settings, now_epoch_s=now_epoch_s)
     work_s = time.monotonic() - started
-    jvm_pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    # A local session's JVM is this process's child (py4j launched it). A Connect session has none here: the work
+    # ran in the shared server, whose peak memory is not this pass's alone, so it is not reported.
+    jvm_pid = next((c.pid for c in psutil.Process().children(recursive=True) if c.name() == "java"), None)
     # work_s is the whole run_features call; stream_s stops before the bronze compaction it runs afterwards (which
     # the DuckDB batch does not do; it only acts once a date has many files, see jobs.features.compact).
     return {"start_s": start_s, "work_s": work_s, "stream_s": summary["seconds"], "batches": len(summary["batch_ids"]),
             "compacted_dates": len(summary.get("compaction", {}).get("compacted", [])),
-            "peak_rss_mib": peak_rss_mib(f"/proc/{jvm_pid}/status"), **{k: summary[k] for k in COUNT_KEYS}}
+            "peak_rss_mib": peak_rss_mib(f"/proc/{jvm_pid}/status") if jvm_pid else None,
+            "spark": "connect" if settings.spark_remote else "local", **{k: summary[k] for k in COUNT_KEYS}}
 
 
 def duckdb_pass(home: Path, out: Path, overrides: dict[str, Any], now_epoch_s: float, threads: int,

@@ -116,6 +116,8 @@ def test_ports_wanted_twice_are_refused_naming_both_uses(private_stack):
                                "must be within 1024..65535, so TIDAL_S3_PORT must be within 1024..55535"),
     ("TIDAL_WEED_PORT_BASE", "900", "TIDAL_WEED_PORT_BASE must be within 991..55447"),
     ("TIDAL_AIRFLOW_PORT", "8o80", "TIDAL_AIRFLOW_PORT=8o80 is not a port number: give a whole number"),
+    ("TIDAL_SPARK_PORT", "70000", "TIDAL_SPARK_PORT=70000 puts the Spark Connect (TIDAL_SPARK_PORT) at 70000; every "
+                                  "port must be within 1024..65535, so TIDAL_SPARK_PORT must be within 1024..65535"),
 ])
 def test_a_port_out_of_range_is_refused_saying_what_is_allowed(private_stack, name, value, message):
     stack_dir = private_stack

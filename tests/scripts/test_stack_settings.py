@@ -70,3 +70,12 @@ def test_env_writes_the_file_only_when_there_is_none(tmp_path):
     first = sourced(stack_dir_env(stack_dir, TIDAL_S3_PORT="23333"), "TIDAL_S3_ENDPOINT")
     later = sourced(stack_dir_env(stack_dir, TIDAL_S3_PORT="24333"), "TIDAL_S3_ENDPOINT")
     assert first == later == {"TIDAL_S3_ENDPOINT": "http://127.0.0.1:23333"}
+
+
+def test_the_trigger_settings_are_persisted_and_no_spark_remote_without_the_stacks_spark(tmp_path):
+    stack_dir = tmp_path / "stack"
+    names = ("TIDAL_INCREMENTAL_TRIGGER", "TIDAL_LANDING_POLL_S", "TIDAL_SPARK_REMOTE")
+    first = sourced(stack_dir_env(stack_dir, TIDAL_INCREMENTAL_TRIGGER="schedule", TIDAL_LANDING_POLL_S="0.5"), *names)
+    # Read back by a shell that sets neither; and no Spark Connect URL, since no server of the stack runs.
+    assert first == sourced(stack_dir_env(stack_dir), *names) == \
+        {"TIDAL_INCREMENTAL_TRIGGER": "schedule", "TIDAL_LANDING_POLL_S": "0.5", "TIDAL_SPARK_REMOTE": ""}
