@@ -34,6 +34,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -778,10 +779,26 @@ def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tens
          epochs: int, cfg: TrainConfig, regularizer: _Regularizer, gen: torch.Generator,
          say: Callable[[str], None]) -> tuple[list[float], bool]:
     """The training loop: shuffled batches, the model's loss, the penalties' gradients, clipped Adam steps.
-    Returns the mean loss per epoch and False if a loss became non-finite (training stops there)."""
+    Returns the mean loss per epoch and False if a loss became non-finite (training stops there).
+
+    Inside a torch.distributed process group of N processes (models/distributed.py), every process draws the
+    same order and negatives (same seed), takes every N-th row of each batch, and DistributedDataParallel
+    averages the gradients; the penalties' gradients and the clipped step are then the same on every process,
+    so the replicas stay equal and each step is the single-process step up to float rounding."""
     u_all, i_all, w_all = examples
     n_ex, n_items = len(u_all), net.item.shape[0]
     params = [getattr(net, name) for name in _PARAM_NAMES]
+    rank, world = _process_group()
+    model: nn.Module = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The buffers (item categories) are built from the same vocabulary on every process and never change, and
+        # one is sparse, which the newer `forward_sync_buffers=False` would still broadcast at init (gloo refuses
+        # sparse tensors): so the deprecated flag, which syncs none.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            model = DistributedDataParallel(net, broadcast_buffers=False)
     losses: list[float] = []
     for epoch in range(epochs if n_ex else 0):
         order = torch.randperm(n_ex, generator=gen)
@@ -790,8 +807,9 @@ def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tens
             b = order[start:start + cfg.batch_size]
             u, i = u_all[b], i_all[b]                                       # (B,)
             negatives = torch.randint(0, n_items, (cfg.negatives,), generator=gen)  # (S,)
-            _, loss = net(u, i, negatives, w_all[b])
-            value = loss.item()
+            mine = b[rank::world] if world > 1 else b
+            _, loss = model(u_all[mine], i_all[mine], negatives, w_all[mine])
+            value = _mean_over_processes(loss.detach(), world)
             # A non-finite weight anywhere shows up here once a batch touches it, and in `weights_finite` at the end.
             if not math.isfinite(value):
                 say(f"epoch {epoch + 1}/{epochs}: non-finite loss, candidate rejected")
@@ -806,6 +824,23 @@ def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tens
         losses.append(total / n_ex)
         say(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} ({n_ex} examples)")
     return losses, True
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process is in; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _mean_over_processes(value: torch.Tensor, world: int) -> float:
+    """A batch's loss, averaged over the processes' shards (every process must see the same value: they all
+    stop on a non-finite one, or none does)."""
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return value.item()
 
 
 def _fit_ease(new: pd.DataFrame, replay: pd.DataFrame | None, previous: Checkpoint | None, events_seen: int,

@@ -128,6 +128,9 @@ class RetrainParams(_Section):
     epochs: int | None = Field(None, ge=1, description="null = train.epochs")
     promote: str = Field("auto", pattern="^(auto|register)$", description="auto: promote if the gate passes")
     min_examples: int = Field(100, ge=1, description="fewer examples in the window refuses the retrain")
+    processes: int = Field(1, ge=1, le=64, description="1: train in the task's process; N >= 2: torch.distributed "
+                                                          "(gloo) over N processes started with torchrun")
+    threads_per_process: int = Field(1, ge=1, description="torch threads of each process when processes >= 2")
 
 
 class VersionParams(_Section):

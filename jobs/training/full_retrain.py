@@ -9,6 +9,7 @@ own training set. The whole pipeline (request, build, these, gate, version) is d
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pandas as pd
 
 from jobs.drift.reference import drift_reference_sample
 from jobs.training.candidate import candidate_metadata, split_holdout, train_config, write_candidate
-from tidal.config import Settings
+from tidal.config import RetrainParams, Settings
 from tidal.datasets import TRAINING_COLUMNS, load_item_metadata, load_training_set
 from tidal.registry import ModelVersion, Registry
 from tidal.storage import StorageLayout, record_summary, write_step_summary
@@ -59,8 +60,6 @@ def production_selection(production: ModelVersion | None):
 
 def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], request: dict[str, Any],
                        reports_dir: Path | None = None) -> dict[str, Any]:
-    from models.recommender import train
-
     layout = StorageLayout(settings.home)
     registry = Registry(layout.registry)
     params = settings.params
@@ -72,9 +71,7 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
     # A reset relearns the model, not what the stream has shown about the weights of its score: keep production's
     # (unless production is in a format this code cannot read: this retrain is the upgrade).
     selection = production_selection(production)
-    result = train(training[TRAINING_COLUMNS], cfg=cfg, init_from=None, anchor=None, replay=None,
-                   items=load_item_metadata(layout), selection=selection,
-                   progress=lambda msg: print(f"[retrain] {msg}", flush=True))
+    result = _train(params.retrain, training[TRAINING_COLUMNS], cfg, load_item_metadata(layout), selection)
     # The new drift reference: a sample of what this model learned from, under the feature store's names.
     reference = drift_reference_sample(training, params.drift.reference_columns, params.drift.reference_max_rows,
                                        params.base.seed)
@@ -83,7 +80,8 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
         run_id, "full", parent=None, anchor=None, batch_ids=built["batch_ids"],
         rows={"trained": len(training), "held_out": len(holdout), "replay": 0},
         time_range=built["event_time_range"], trained_on=training, result=result, finite=finite, cfg=cfg,
-        extra_params={"retrain": {"history_days": request["history_days"], "epochs": cfg.epochs}},
+        extra_params={"retrain": {"history_days": request["history_days"], "epochs": cfg.epochs,
+                                  "processes": params.retrain.processes}},
         replaces=production.version if production else None,
         retrain={"reason": request["reason"], "trigger": request["trigger"], "promote": request["promote"]}))
     finite = metadata["finite"]
@@ -92,6 +90,23 @@ def train_from_scratch(settings: Settings, run_id: str, built: dict[str, Any], r
                "epochs": cfg.epochs, "losses": metadata["losses"], "train_cpu_s": metadata["train_cpu_s"],
                "replaces": metadata["replaces"], "candidate": str(candidate_dir)}
     return record_summary(reports_dir, "retrain_train", summary)
+
+
+def _train(retrain: RetrainParams, training: pd.DataFrame, cfg, items: pd.DataFrame | None, selection):
+    """The retrain itself: in this process, or over `retrain.processes` processes (models/distributed.py)."""
+    def say(msg: str) -> None:
+        print(f"[retrain] {msg}", flush=True)
+
+    if retrain.processes == 1:
+        from models.recommender import train
+
+        return train(training, cfg=cfg, init_from=None, anchor=None, replay=None, items=items, selection=selection,
+                     progress=say)
+    from models.distributed import train_distributed
+
+    with tempfile.TemporaryDirectory(prefix="tidal-distributed-retrain-") as work:
+        return train_distributed(training, cfg=cfg, processes=retrain.processes, workdir=work, items=items,
+                                 selection=selection, threads_per_process=retrain.threads_per_process, progress=say)
 
 
 def promote_or_register(settings: Settings, run_id: str, gate_summary: dict[str, Any], request: dict[str, Any],
