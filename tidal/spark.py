@@ -57,17 +57,23 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
 def connect_session(remote: str, shuffle_partitions: int = 4):
     """A session on the Spark Connect server at `remote` (sc://HOST:PORT): no JVM in this process. The session
     settings are applied on every call, as getOrCreate returns the process's existing session."""
+    import socket
+    from urllib.parse import urlsplit
+
     from pyspark.sql import SparkSession
 
+    # A plain connect first: the gRPC client retries an unreachable server with backoff for minutes (measured: still
+    # waiting after 5), which would hang a task instead of failing it with a reason.
+    url = urlsplit(remote)
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=10).close()
+    except OSError as err:
+        raise RuntimeError(f"no Spark Connect server at {remote} ({err}): start the stack's with "
+                           "`scripts/stack.sh up spark`, or unset TIDAL_SPARK_REMOTE to run a local Spark") from None
     builder = SparkSession.builder.remote(remote)
     for key, value in session_conf(shuffle_partitions).items():
         builder = builder.config(key, value)
-    try:
-        return builder.getOrCreate()
-    except Exception as err:  # noqa: BLE001 - grpc raises its own types; the message says what to do either way
-        raise RuntimeError(
-            f"no Spark Connect server answered at {remote} ({str(err).splitlines()[0][:200]}): start the stack's "
-            "with `scripts/stack.sh up spark`, or unset TIDAL_SPARK_REMOTE to run a local Spark") from err
+    return builder.getOrCreate()
 
 
 def spark_for(settings: Settings):
