@@ -126,6 +126,8 @@ def _run_rank(work: Path) -> None:
         selection = np.load(work / "selection.npy") if (work / "selection.npy").exists() else None
         say = (lambda msg: print(f"[rank 0] {msg}", flush=True)) if rank == 0 else None
         result = train(interactions, cfg=cfg, items=items, selection=selection, progress=say)
+        if say:
+            say(f"trained in {result.wall_s:.2f} s")  # without torchrun's start and the inputs' round trip
         # The CPU the retrain cost is every process's, not rank 0's alone.
         cpu = torch.tensor([result.train_cpu_s], dtype=torch.float64)
         dist.all_reduce(cpu)

@@ -109,6 +109,9 @@ class DriftParams(_Section):
 class FinetuneParams(_Section):
     replay_max_rows: int = Field(20000, ge=0, description="most recent history rows offered to the replay sampler")
     min_examples: int = Field(50, ge=1, description="a cycle with fewer new examples skips training")
+    # 1 by default: the model's per-batch ops are small (a batch of 1024 x 64), so a second intra-op thread barely
+    # helps on a quiet machine and, when the cores are busy, makes every op wait for it (benchmarks/training).
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads of the fine-tune")
 
 
 class GateParams(_Section):
@@ -130,7 +133,7 @@ class RetrainParams(_Section):
     min_examples: int = Field(100, ge=1, description="fewer examples in the window refuses the retrain")
     processes: int = Field(1, ge=1, le=64, description="1: train in the task's process; N >= 2: torch.distributed "
                                                           "(gloo) over N processes started with torchrun")
-    threads_per_process: int = Field(1, ge=1, description="torch threads of each process when processes >= 2")
+    threads_per_process: int = Field(1, ge=1, description="torch intra-op threads of each training process")
 
 
 class VersionParams(_Section):

@@ -96,8 +96,11 @@ def train_candidate(settings: Settings, layout: StorageLayout, start: StartingPo
     """The first model from scratch; then the incremental strategy exactly as the prequential benchmark measures it
     (models.recommender.finetune): production first scores the unseen examples against the history before them,
     so the weights of its score learn from them (test, then train), and is then fine-tuned on them."""
+    import torch
+
     from models.recommender import finetune, train
 
+    torch.set_num_threads(settings.params.finetune.torch_threads)
     items = load_item_metadata(layout)
     new_events = data.training[TRAINING_COLUMNS]
     progress = lambda msg: print(f"[finetune] {msg}", flush=True)  # noqa: E731

@@ -98,7 +98,11 @@ def _train(retrain: RetrainParams, training: pd.DataFrame, cfg, items: pd.DataFr
         print(f"[retrain] {msg}", flush=True)
 
     if retrain.processes == 1:
+        import torch
+
         from models.recommender import train
+
+        torch.set_num_threads(retrain.threads_per_process)
 
         return train(training, cfg=cfg, init_from=None, anchor=None, replay=None, items=items, selection=selection,
                      progress=say)
