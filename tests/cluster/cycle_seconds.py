@@ -63,6 +63,13 @@ class LoadSampler(threading.Thread):
         while not self.stopped.wait(5):
             self.samples.append(os.getloadavg()[0])
 
+    def __enter__(self) -> "LoadSampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+
     def summary(self) -> dict[str, float]:
         s = self.samples or [os.getloadavg()[0]]
         return {"min": round(min(s), 2), "mean": round(sum(s) / len(s), 2), "max": round(max(s), 2)}

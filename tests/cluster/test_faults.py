@@ -1,10 +1,11 @@
 """Faults on the cluster profile: a Celery worker SIGKILLed in the middle of a task, a Spark worker SIGKILLed in the
-middle of a batch, PostgreSQL restarted between cycles. Each time the run finishes, and the batch's rows are
-accounted for exactly once. `scripts/cluster.sh up` then restarts what was killed (it starts only what is down)."""
+middle of a batch, PostgreSQL restarted between cycles. Each time the run finishes, and the batch's rows are in
+bronze exactly once and as they landed. `scripts/cluster.sh up` then restarts what was killed (it starts only what is down)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from tests.cluster.cluster_run import (Airflow, celery_task_started, celery_work
 from tests.cluster.test_cycles import RUN_TIMEOUT_S, land, summaries
 
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow,
+              # Opt-in for their cost, not their state: they pass (docs/cluster.md), but add about 13 minutes of
+              # cycles to the suite's 15 to 17 (the worker kill also waits out the 90 s heartbeat timeout).
+              pytest.mark.skipif(os.environ.get("TIDAL_CLUSTER_FAULTS") != "1",
+                                 reason="fault tests cost ~13 min; TIDAL_CLUSTER_FAULTS=1 runs them")]
 
 
 def landed_records(source_files: set[str]) -> pd.DataFrame:
