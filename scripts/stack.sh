@@ -512,12 +512,14 @@ start_serving() {
 
 start_spark() {
   if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
-  local port=${settings[TIDAL_SPARK_PORT]} spark_home master memory i
+  local port=${settings[TIDAL_SPARK_PORT]} spark_home master memory i params_env=()
+  # Only when set: an empty TIDAL_PARAMS would name the current folder, not the checkout's params.yaml.
+  if [[ -n ${settings[TIDAL_PARAMS]} ]]; then params_env=("TIDAL_PARAMS=${settings[TIDAL_PARAMS]}"); fi
   spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
     { log "no pyspark in the venv (make venv)"; return 1; }
   # The master and heap a local job would use (features.spark_master, features.spark_driver_memory), refused with
   # the params' own message when invalid.
-  read -r master memory < <(TIDAL_PARAMS=${settings[TIDAL_PARAMS]} PYTHONPATH=$repo "$venv_bin/python" -c \
+  read -r master memory < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
     'from tidal.config import load_params; f = load_params().features; print(f.spark_master, f.spark_driver_memory)') &&
     [[ -n $master ]] || { log "could not read features.spark_master from the params (above)"; return 1; }
   mkdir -p "$stack_dir/spark/tmp"
@@ -526,8 +528,7 @@ start_spark() {
   # and the UI is off. spark-submit execs the JVM, so the recorded pid is the server itself; setsid, so `down`
   # also stops the Python workers it starts.
   (cd "$stack_dir/spark" && SPARK_HOME=$spark_home SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$venv_bin/python \
-    PYTHONPATH=$repo TIDAL_PARAMS=${settings[TIDAL_PARAMS]} \
-    exec setsid "$spark_home/bin/spark-submit" --class org.apache.spark.sql.connect.service.SparkConnectServer \
+    PYTHONPATH=$repo exec env "${params_env[@]}" setsid "$spark_home/bin/spark-submit" --class org.apache.spark.sql.connect.service.SparkConnectServer \
     --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
     --conf spark.connect.grpc.binding.address=127.0.0.1 --conf spark.connect.grpc.binding.port="$port" \
     --conf spark.driver.host=127.0.0.1 --conf spark.driver.bindAddress=127.0.0.1 \

@@ -12,6 +12,7 @@ columns only. Tests that compare the two run each in its own process.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -73,7 +74,16 @@ def connect_session(remote: str, shuffle_partitions: int = 4):
     builder = SparkSession.builder.remote(remote)
     for key, value in session_conf(shuffle_partitions).items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    if spark.session_id not in _released_at_exit:
+        # The server keeps a session until its idle timeout; every task is a new process with a new session, so
+        # each gives its own back when it exits (a SIGKILLed one is left to that timeout).
+        _released_at_exit.add(spark.session_id)
+        atexit.register(spark.stop)
+    return spark
+
+
+_released_at_exit: set[str] = set()
 
 
 def spark_for(settings: Settings):

@@ -35,7 +35,7 @@ from jobs.features.transforms import (EventRules, classify_events, dedupe_with_w
                                       training_examples)
 from tidal.config import Settings, load_settings
 from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest, latest_manifest_before,
-                             read_batch_manifests, summarize_batches)
+                             manifest_batch_ids, read_batch_manifests, summarize_batches)
 from tidal.spark import spark_for
 from tidal.storage import StorageLayout, atomic_write_json, partition_value, read_json, record_summary
 
@@ -347,7 +347,10 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
              .option("checkpointLocation", str(layout.stream_checkpoint))
              .trigger(availableNow=True).start())
     query.awaitTermination()
-    batch_ids = [b for b in committed_batch_ids(layout.stream_checkpoint) if b > committed_before]
+    # Every batch writes its manifest before Spark commits it; the manifests, not the commit files, list them all
+    # (Spark deletes all but the newest commit files, spark.sql.streaming.minBatchesToRetain).
+    committed_now = last_committed_batch(layout.stream_checkpoint)
+    batch_ids = [b for b in manifest_batch_ids(layout) if committed_before < b <= committed_now]
     manifests = read_batch_manifests(layout, batch_ids)
     summary = summarize_batches(manifests, time.monotonic() - started)
     summary["online_store"] = online_summary(settings, manifests)
@@ -356,15 +359,11 @@ def run_features(settings: Settings, reports_dir: Path | None = None, now_epoch_
     return record_summary(reports_dir, "features", summary)
 
 
-def committed_batch_ids(checkpoint: Path) -> list[int]:
-    """The micro-batches the stream's checkpoint has committed (commits/<id>: written once a batch's callback has
-    returned), in order; Spark keeps the newest ones only, which is all a run needs."""
-    commits = checkpoint / "commits"
-    return sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit()) if commits.is_dir() else []
-
-
 def last_committed_batch(checkpoint: Path) -> int:
-    return max(committed_batch_ids(checkpoint), default=-1)
+    """The newest micro-batch the stream's checkpoint has committed (commits/<id>, written once the batch's callback
+    has returned), or -1 before the first."""
+    commits = checkpoint / "commits"
+    return max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=-1) if commits.is_dir() else -1
 
 
 def online_summary(settings: Settings, manifests: list[dict]) -> dict[str, Any]:
