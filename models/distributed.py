@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -63,17 +65,25 @@ def train_distributed(interactions: pd.DataFrame, *, cfg: TrainConfig, processes
     env = {**os.environ, "GLOO_SOCKET_IFNAME": _loopback_interface(), "OMP_NUM_THREADS": str(threads_per_process)}
     started = time.perf_counter()
     say(f"torchrun: {processes} processes x {threads_per_process} thread(s), gloo on {env['GLOO_SOCKET_IFNAME']}")
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        # The output is read to its end below, so the time limit is a timer that kills the whole group.
+        timer = threading.Timer(timeout_s, os.killpg, (proc.pid, signal.SIGKILL)) if timeout_s else None
+        if timer:
+            timer.start()
         tail: list[str] = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = (tail + [line])[-20:]
-            say(line)
         try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise TimeoutError(f"distributed retrain did not finish in {timeout_s} s") from None
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail = (tail + [line])[-20:]
+                say(line)
+            rc = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+    if rc == -signal.SIGKILL and timeout_s:
+        raise TimeoutError(f"distributed retrain did not finish in {timeout_s} s: stopped; its last lines:\n"
+                           + "\n".join(tail))
     if rc != 0 or not (work / _RESULT).exists():
         raise RuntimeError(f"distributed retrain failed (torchrun exit {rc}); its last lines:\n" + "\n".join(tail)
                            + "\nRun with retrain.processes: 1 to train in one process.")

@@ -130,3 +130,15 @@ def _cmdlines(ss_line: str) -> str:
         except OSError:
             pass
     return " ".join(text)
+
+
+def test_a_retrain_past_its_time_limit_is_stopped_with_every_process(data, tmp_path):
+    history, _, items = data
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match="did not finish in 3 s"):
+        train_distributed(history, cfg=CFG, processes=2, workdir=tmp_path, items=items, timeout_s=3)
+    assert time.perf_counter() - started < 30
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"models.distributed (torchrun 2|rank) {tmp_path}"], capture_output=True,
+                          text=True).stdout.split()
+    assert left == [], f"processes left running: {left}"
