@@ -517,6 +517,10 @@ start_spark() {
   if [[ -n ${settings[TIDAL_PARAMS]} ]]; then params_env=("TIDAL_PARAMS=${settings[TIDAL_PARAMS]}"); fi
   spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
     { log "no pyspark in the venv (make venv)"; return 1; }
+  # The server's own foreachBatch worker and every client need pyspark's Connect extra; say so now, not after the
+  # readiness wait runs out.
+  "$venv_bin/python" -c 'import grpc, grpc_status, google.rpc, zstandard, pyarrow, pandas' 2>/dev/null ||
+    { log "the venv lacks pyspark's Connect client (pyspark[connect]: grpcio-status, zstandard, ...); make venv"; return 1; }
   # The master and heap a local job would use (features.spark_master, features.spark_driver_memory), refused with
   # the params' own message when invalid.
   read -r master memory < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \

@@ -1,0 +1,119 @@
+"""scripts/stack.sh and the warm Spark: `up spark` starts a Spark Connect server on loopback at TIDAL_SPARK_PORT, a new
+shell gets TIDAL_SPARK_REMOTE, and the features job run through it (as a task would: its own process, twice, new
+files landing in between) gives what a local Spark gives for the same landing files: the same bronze rows,
+examples, quarantine with reasons, and counts. The job's process starts no JVM (it runs with no Java at all) and both
+runs reach the one server, whose pid stays the same; `down` stops it and the next env has no remote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.conftest import REPO_ROOT, write_params
+from tests.jobs.features.test_stream_exactly_once import EVENTS_PER_FILE, FILES, final_state, landing_files, manifests
+from tests.scripts.stack_run import free_ports, sourced, stack, stack_dir_env
+
+
+# The job's environment with a Java that does not exist (spark-submit runs $JAVA_HOME/bin/java when it is set): a
+# local Spark cannot start there, a Connect client needs none.
+NO_JAVA = {"JAVA_HOME": "/nonexistent-java"}
+
+
+def land(home: Path, names: list[str]) -> None:
+    """Land some of the shared files, with the modification times every home gives them (the same order)."""
+    landing = home / "landing" / "events"
+    landing.mkdir(parents=True, exist_ok=True)
+    for i, (name, data) in enumerate(landing_files().items()):
+        if name in names:
+            (landing / name).write_bytes(data)
+            os.utime(landing / name, (1_700_000_000 + i, 1_700_000_000 + i))
+
+
+def job_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TIDAL_SPARK_REMOTE", "SPARK_REMOTE", "TIDAL_REDIS_URL")}
+    root.mkdir(parents=True, exist_ok=True)
+    params = write_params(root / "params.yaml", {"features": {"max_files_per_trigger": 1}})
+    return {**env, "TIDAL_HOME": str(root / "home"), "TIDAL_PARAMS": str(params), "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+def run_job(env: dict[str, str], run_id: str) -> tuple[dict, float]:
+    """`python -m jobs.features.stream` as a task runs it: its summary, and its wall time in seconds."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "jobs.features.stream", "--run-id", run_id], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((Path(env["TIDAL_HOME"]) / "reports" / "runs" / run_id / "features.json").read_text())
+    return summary, time.monotonic() - started
+
+
+def two_task_runs(env: dict[str, str]) -> list[dict]:
+    """The first files, one run; the last file and the zero-byte one land; a second run."""
+    names = list(landing_files())
+    home = Path(env["TIDAL_HOME"])
+    land(home, names[:2])
+    first, _ = run_job(env, "first")
+    land(home, names[2:])
+    second, _ = run_job(env, "second")
+    return [first, second]
+
+
+@pytest.mark.stack
+def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start_no_jvm(private_stack, tmp_path):
+    ports = free_ports()
+    env = stack_dir_env(private_stack, **ports)
+    started = stack("up", "spark", env=env, timeout=300)
+    assert started.returncode == 0, started.stderr
+    url = f"sc://127.0.0.1:{ports['TIDAL_SPARK_PORT']}"
+    assert sourced(stack_dir_env(private_stack), "TIDAL_SPARK_REMOTE")["TIDAL_SPARK_REMOTE"] == url
+    assert f"Spark Connect at {url}" in stack("status", env=env).stdout
+    server = psutil.Process(int((private_stack / "pids" / "spark.pid").read_text()))
+    listening = {(c.laddr.ip, c.laddr.port) for c in server.net_connections("tcp") if c.status == "LISTEN"}
+    # gRPC on the stack's port; the driver's own RPC and block ports are ephemeral, loopback too.
+    assert ("127.0.0.1", int(ports["TIDAL_SPARK_PORT"])) in {(ip.removeprefix("::ffff:"), p) for ip, p in listening}
+    assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}
+
+    local_env = job_env(tmp_path / "local")
+    # Without Java a local session cannot start: the check below, that the Connect runs need none, can fail.
+    refused = subprocess.run([sys.executable, "-m", "jobs.features.stream", "--run-id", "nojava"], cwd=REPO_ROOT,
+                             env={**local_env, **NO_JAVA}, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    local = two_task_runs(local_env)
+    connect = two_task_runs(job_env(tmp_path / "connect", TIDAL_SPARK_REMOTE=url, **NO_JAVA))
+    assert server.is_running() and int((private_stack / "pids" / "spark.pid").read_text()) == server.pid
+
+    # The summaries each task run reports: batches, files, counts and quarantine reasons, run for run.
+    keep = ("batch_ids", "files", "landed", "accepted", "quarantined", "quarantine_reasons", "duplicates",
+            "outlier_events_excluded", "outlier_users")
+    assert [{k: s[k] for k in keep} for s in connect] == [{k: s[k] for k in keep} for s in local]
+    assert [s["batch_ids"] for s in local] == [[0, 1], [2, 3]]  # the second run made batches: not a replay of nothing
+    assert sum(s["landed"] for s in connect) == FILES * (EVENTS_PER_FILE + 1) + (FILES - 1) + 1
+    assert {r: sum(s["quarantine_reasons"].get(r, 0) for s in connect) for r in ("empty_file", "malformed_json")} == \
+        {"empty_file": 1, "malformed_json": FILES}
+    # The batch manifests the callback wrote on the server, field for field (paths aside).
+    paths = ("files", "examples_path")
+    got, want = manifests(tmp_path / "connect" / "home"), manifests(tmp_path / "local" / "home")
+    assert sorted(got) == sorted(want) == [0, 1, 2, 3]
+    for b in want:
+        assert {k: v for k, v in got[b].items() if k not in paths} == {k: v for k, v in want[b].items() if k not in paths}
+        assert [Path(f).name for f in got[b]["files"]] == [Path(f).name for f in want[b]["files"]]
+    # What downstream readers see: bronze, examples with every feature, quarantine with raw records and reasons.
+    state, ref = final_state(tmp_path / "connect" / "home"), final_state(tmp_path / "local" / "home")
+    assert len(state["bronze"]) == FILES * EVENTS_PER_FILE and state["bronze"]["event_id"].is_unique
+    for name in ("bronze", "examples", "quarantine"):
+        assert list(state[name].columns) == list(ref[name].columns), name
+        pd.testing.assert_frame_equal(state[name], ref[name], check_dtype=False, obj=name)
+
+    assert stack("down", env=env, timeout=180).returncode == 0
+    assert not psutil.pid_exists(server.pid) or server.status() == psutil.STATUS_ZOMBIE
+    assert "spark: stopped" in stack("status", env=env).stdout
+    # The next `up` of another component no longer points jobs at the stopped server.
+    assert stack("up", "valkey", env=env).returncode == 0
+    assert sourced(stack_dir_env(private_stack), "TIDAL_SPARK_REMOTE")["TIDAL_SPARK_REMOTE"] == ""
