@@ -19,7 +19,7 @@ from tests.cluster.test_cycles import RUN_TIMEOUT_S, land, summaries
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow,
               # Opt-in for their cost, not their state: they pass (docs/cluster.md), but add about 12 minutes of
-              # cycles to the suite's 12 to 15 (the worker kill also waits out the 90 s heartbeat timeout).
+              # cycles to the suite's 11 to 15 (the worker kill also waits out the 90 s heartbeat timeout).
               pytest.mark.skipif(os.environ.get("TIDAL_CLUSTER_FAULTS") != "1",
                                  reason="fault tests cost ~12 min; TIDAL_CLUSTER_FAULTS=1 runs them")]
 
