@@ -28,6 +28,10 @@ os.environ.pop("TIDAL_PARAMS", None)
 # Never the user's online store either: a test that needs one starts its own server (`valkey_server`).
 os.environ.pop("TIDAL_REDIS_URL", None)
 os.environ.pop("TIDAL_REDIS_NAMESPACE", None)
+# Nor the stack's warm Spark: `make up` writes its Connect URL into stack.env, which `make test` sources; a test that
+# wants a Connect server starts its own.
+os.environ.pop("TIDAL_SPARK_REMOTE", None)
+os.environ.pop("SPARK_REMOTE", None)
 
 # Small, fast settings for every test that builds a stream and trains on it.
 SMALL_PARAMS = {
