@@ -82,6 +82,16 @@ def test_two_cycles_and_a_full_retrain_run_on_both_celery_workers_and_the_spark_
                                        ("tidal_full_retrain", retrain_id)])
     retrain_tis = airflow.task_instances("tidal_full_retrain", retrain_id)
     assert retrain_tis["train"]["state"] == "success" and retrain_tis["build_training_set"]["state"] == "success"
+    # The profile's retrain ran over 2 torch.distributed processes (retrain.processes from cluster.sh) inside the
+    # Celery task, and left an ordinary finite candidate.
+    from tidal.registry import Registry
+    from tidal.storage import StorageLayout
+
+    steps = summaries(home, retrain_id)
+    assert steps["retrain_train"]["status"] == "trained" and steps["promote"]["registered"] is True
+    registered = Registry(StorageLayout(home).registry).version(steps["promote"]["version"])
+    assert env["TIDAL_RETRAIN_PROCESSES"] == "2" and registered.metadata["params"]["retrain"]["processes"] == 2
+    assert registered.metadata["finite"] is True and registered.metadata["kind"] == "full"
 
     # Every task instance ran through Celery, and both workers took some.
     ran = celery_workers_by_task(env)
