@@ -782,8 +782,8 @@ def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tens
     Returns the mean loss per epoch and False if a loss became non-finite (training stops there).
 
     Inside a torch.distributed process group of N processes (models/distributed.py), every process draws the
-    same order and negatives (same seed), takes every N-th row of each batch, and DistributedDataParallel
-    averages the gradients; the penalties' gradients and the clipped step are then the same on every process,
+    same order and negatives (same seed), takes every N-th row of each batch (`_my_rows`), and
+    DistributedDataParallel averages the gradients; the penalties' gradients and the clipped step are then the same on every process,
     so the replicas stay equal and each step is the single-process step up to float rounding."""
     u_all, i_all, w_all = examples
     n_ex, n_items = len(u_all), net.item.shape[0]
@@ -807,8 +807,10 @@ def _fit(net: _Net, optimizer: torch.optim.Optimizer, examples: tuple[torch.Tens
             b = order[start:start + cfg.batch_size]
             u, i = u_all[b], i_all[b]                                       # (B,)
             negatives = torch.randint(0, n_items, (cfg.negatives,), generator=gen)  # (S,)
-            mine = b[rank::world] if world > 1 else b
+            mine, share = _my_rows(b, rank, world)
             _, loss = model(u_all[mine], i_all[mine], negatives, w_all[mine])
+            if share != 1.0:
+                loss = loss * share
             value = _mean_over_processes(loss.detach(), world)
             # A non-finite weight anywhere shows up here once a batch touches it, and in `weights_finite` at the end.
             if not math.isfinite(value):
@@ -831,6 +833,16 @@ def _process_group() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _my_rows(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """This process's rows of a batch (every `world`-th), and the factor that makes the processes' gradients,
+    once DistributedDataParallel averages them, the whole batch's mean even when the shards differ in size:
+    len(mine) * world / len(batch). A batch smaller than the group is trained whole by every process."""
+    if world == 1 or len(batch) < world:
+        return batch, 1.0
+    mine = batch[rank::world]
+    return mine, len(mine) * world / len(batch)
 
 
 def _mean_over_processes(value: torch.Tensor, world: int) -> float:

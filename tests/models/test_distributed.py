@@ -142,3 +142,27 @@ def test_a_retrain_past_its_time_limit_is_stopped_with_every_process(data, tmp_p
     left = subprocess.run(["pgrep", "-f", f"models.distributed (torchrun 2|rank) {tmp_path}"], capture_output=True,
                           text=True).stdout.split()
     assert left == [], f"processes left running: {left}"
+
+
+def test_a_last_batch_of_one_row_is_trained_not_a_nan(data, tmp_path):
+    """1025 examples in batches of 256: the last batch has 1 row, fewer than the 2 processes (each trains it
+    whole); the others split evenly. Same losses as one process, so no shard's mean was over nothing."""
+    history, _, items = data
+    odd = history.iloc[:1025]
+    one = train(odd, cfg=CFG, items=items)
+    two = train_distributed(odd, cfg=CFG, processes=2, workdir=tmp_path, items=items, timeout_s=600)
+    assert two.finite and two.losses == pytest.approx(one.losses, abs=1e-4)
+
+
+def test_uneven_shards_weigh_each_row_once():
+    from models.recommender import _my_rows
+
+    batch = torch.arange(5)
+    rows = [_my_rows(batch, rank, 2) for rank in (0, 1)]
+    assert [r.tolist() for r, _ in rows] == [[0, 2, 4], [1, 3]]
+    # mean_r(share_r * mean over shard r) == the batch mean, whatever the shard sizes
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    averaged = sum(share * values[r].mean() for r, share in rows) / 2
+    assert float(averaged) == pytest.approx(float(values.mean()))
+    rows, share = _my_rows(torch.arange(1), 1, 2)  # smaller than the group: every process trains it whole
+    assert rows.tolist() == [0] and share == 1.0
