@@ -67,8 +67,8 @@ def train_distributed(interactions: pd.DataFrame, *, cfg: TrainConfig, processes
     say(f"torchrun: {processes} processes x {threads_per_process} thread(s), gloo on {env['GLOO_SOCKET_IFNAME']}")
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as proc:
-        # The output is read to its end below, so the time limit is a timer that kills the whole group.
-        timer = threading.Timer(timeout_s, os.killpg, (proc.pid, signal.SIGKILL)) if timeout_s else None
+        # The output is read to its end below, so the time limit is a timer that kills every process of the run.
+        timer = threading.Timer(timeout_s, _kill_tree, (proc.pid,)) if timeout_s else None
         if timer:
             timer.start()
         tail: list[str] = []
@@ -91,6 +91,23 @@ def train_distributed(interactions: pd.DataFrame, *, cfg: TrainConfig, processes
     return TrainResult(checkpoint=Checkpoint.load(work / _CHECKPOINT), finite=result["finite"],
                        losses=result["losses"], train_cpu_s=result["train_cpu_s"], examples=result["examples"],
                        wall_s=time.perf_counter() - started)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and every process under it. torchrun starts each rank in a session of its own, so
+    killing the launcher's process group would leave the ranks running and holding its output open."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _torchrun_on_loopback(processes: int, work: Path) -> None:
