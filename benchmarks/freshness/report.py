@@ -66,7 +66,7 @@ def markdown(report: dict[str, Any]) -> str:
     modes = report["modes"]
     head = [f"# Freshness under the Airflow scheduler, nobody triggering ({report['cpus']} CPUs)", "",
             f"Started {report['started_at']}, {report['wall_s']:.0f} s in all. Per mode: a private stack "
-            f"(`scripts/stack.sh up all`), one warm-up file, then {report['files_per_mode']} files of the shipped "
+            f"(`scripts/stack.sh up` with the mode's components and settings), one warm-up file, then {report['files_per_mode']} files of the shipped "
             f"`generate.events_per_file` events, one every {report['interval_s']:g} s; the tick every "
             f"{report['every_minutes']} minutes. Target (issue 13): landed -> promoted p50 <= "
             f"{TARGETS['p50']:g} s, p95 <= {TARGETS['p95']:g} s.", ""]

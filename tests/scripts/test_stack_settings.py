@@ -79,3 +79,21 @@ def test_the_trigger_settings_are_persisted_and_no_spark_remote_without_the_stac
     # Read back by a shell that sets neither; and no Spark Connect URL, since no server of the stack runs.
     assert first == sourced(stack_dir_env(stack_dir), *names) == \
         {"TIDAL_INCREMENTAL_TRIGGER": "schedule", "TIDAL_LANDING_POLL_S": "0.5", "TIDAL_SPARK_REMOTE": ""}
+
+
+def test_the_stack_runs_the_warm_executor_unless_told_the_plain_one(tmp_path):
+    default = sourced(stack_dir_env(tmp_path / "default"), "AIRFLOW__CORE__EXECUTOR")
+    plain = sourced(stack_dir_env(tmp_path / "plain", TIDAL_AIRFLOW_EXECUTOR="LocalExecutor"),
+                    "AIRFLOW__CORE__EXECUTOR", "TIDAL_AIRFLOW_EXECUTOR")
+    assert default == {"AIRFLOW__CORE__EXECUTOR": "tidal.warm_executor.WarmLocalExecutor"}
+    assert plain == {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "TIDAL_AIRFLOW_EXECUTOR": "LocalExecutor"}
+
+
+def test_an_executor_the_stack_cannot_run_is_refused_before_anything_starts(tmp_path):
+    stack_dir = tmp_path / "stack"
+    refused = stack("up", "s3", env=stack_dir_env(stack_dir, **free_ports(), TIDAL_AIRFLOW_EXECUTOR="CeleryExecutor"))
+    assert refused.returncode == 2
+    assert ("TIDAL_AIRFLOW_EXECUTOR=CeleryExecutor: give tidal.warm_executor.WarmLocalExecutor LocalExecutor"
+            in refused.stderr)
+    assert "scripts/cluster.sh" in refused.stderr
+    assert not list((stack_dir / "pids").glob("*.pid"))  # nothing was started

@@ -1,0 +1,57 @@
+"""tidal/warm_executor.py: the executor's workers, and the task processes they fork, start with the heavy libraries
+imported; tidal's own modules are not among them; a library that cannot import does not stop the scheduler."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+# A fresh interpreter, as a scheduler is: start the executor (it forks its one worker), then fork a child as Airflow's
+# supervisor forks a task from a worker, and report what the child finds already imported.
+SCRIPT = r"""
+import os, sys
+from airflow.executors.local_executor import LocalExecutor
+from tidal.warm_executor import WARM_IMPORTS, WarmLocalExecutor
+
+assert "great_expectations" not in sys.modules and "torch" not in sys.modules, "imported before start()"
+executor = WarmLocalExecutor(parallelism=1)
+assert isinstance(executor, LocalExecutor) and executor.is_local
+executor.start()
+try:
+    assert len(executor.workers) == 1, executor.workers
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        found = [name for name in (*WARM_IMPORTS, "jobs.validation.validate", "models.recommender") if name in sys.modules]
+        os.write(write, ",".join(found).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    print("CHILD_HAS=" + os.read(read, 65536).decode())
+finally:
+    executor.end()
+"""
+
+
+def test_a_forked_task_process_starts_with_every_warm_import_and_none_of_tidals_own_modules():
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("CHILD_HAS=")]
+    found = line.removeprefix("CHILD_HAS=").split(",")
+    from tidal.warm_executor import WARM_IMPORTS
+
+    assert found == list(WARM_IMPORTS)  # every library, and no job or model module (those load fresh per task)
+
+
+def test_a_library_that_does_not_import_is_skipped_and_the_rest_still_load():
+    done = subprocess.run(
+        [sys.executable, "-c", "import json, sys\nfrom tidal.warm_executor import warm_imports\n"
+         "seconds = warm_imports(('csv', 'tidal_no_such_library', 'decimal'))\n"
+         "print(json.dumps(sorted(seconds)), 'tidal_no_such_library' in sys.modules)"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == '["csv", "decimal"] False'
+    # Airflow's logging writes to stdout or stderr depending on its config; the warning must be in one of them.
+    assert "could not pre-import tidal_no_such_library" in done.stdout + done.stderr
