@@ -6,12 +6,15 @@ Memory is reported as the peak of the summed PSS (proportional set size: shared 
 processes that share them, so the sum is not inflated) and, for comparison, of the summed RSS.
 
 Run from the checkout:  .venv/bin/python benchmarks/demo_footprint.py -- make demo
+The cluster profile's processes mention its folder instead (tests/cluster puts it at /tmp/tidal-cluster-*):
+    .venv/bin/python benchmarks/demo_footprint.py --match /tmp/tidal-cluster- -- make test-cluster
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,8 +25,10 @@ import psutil
 
 
 def stack_processes(checkout: str) -> list[psutil.Process]:
-    found = []
+    found, me = [], os.getpid()  # not this sampler, whose own command line holds --match
     for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
         try:
             if checkout in " ".join(proc.cmdline()) or any(checkout in v for v in proc.environ().values()):
                 found.append(proc)
@@ -48,6 +53,8 @@ def sample(checkout: str) -> tuple[int, int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", default=str(Path(__file__).resolve().parents[1]))
+    parser.add_argument("--match", default=None,
+                        help="count the processes whose command line or environment contains this (default: --checkout)")
     parser.add_argument("--out", default=None, help="write the result as JSON here too")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command to run, after --")
     args = parser.parse_args()
@@ -57,7 +64,7 @@ def main() -> int:
 
     def sampler() -> None:
         while not done.is_set():
-            pss, rss, n = sample(args.checkout)
+            pss, rss, n = sample(args.match or args.checkout)
             peak["pss"], peak["rss"], peak["processes"] = max(peak["pss"], pss), max(peak["rss"], rss), max(peak["processes"], n)
             done.wait(1.0)
 
@@ -67,7 +74,7 @@ def main() -> int:
     rc = subprocess.call(command, cwd=args.checkout)
     done.set()
     thread.join()
-    result = {"command": " ".join(command), "exit_code": rc, "wall_s": round(time.monotonic() - started, 1),
+    result = {"command": " ".join(command), "matched": args.match or args.checkout, "exit_code": rc, "wall_s": round(time.monotonic() - started, 1),
               "peak_pss_mib": round(peak["pss"] / 2**20), "peak_rss_mib": round(peak["rss"] / 2**20),
               "peak_processes": peak["processes"]}
     print(json.dumps(result, indent=2))
