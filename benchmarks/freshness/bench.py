@@ -43,7 +43,6 @@ from benchmarks.freshness.report import markdown  # noqa: E402
 from tests.scripts.stack_run import free_ports, stack, stack_dir_env  # noqa: E402
 
 
-
 @dataclass(frozen=True)
 class Mode:
     what: str
