@@ -24,22 +24,22 @@ from pathlib import Path
 import psutil
 
 
-def stack_processes(checkout: str) -> list[psutil.Process]:
+def stack_processes(match: str) -> list[psutil.Process]:
     found, me = [], os.getpid()  # not this sampler, whose own command line holds --match
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if checkout in " ".join(proc.cmdline()) or any(checkout in v for v in proc.environ().values()):
+            if match in " ".join(proc.cmdline()) or any(match in v for v in proc.environ().values()):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
 
 
-def sample(checkout: str) -> tuple[int, int, int]:
+def sample(match: str) -> tuple[int, int, int]:
     pss = rss = 0
-    procs = stack_processes(checkout)
+    procs = stack_processes(match)
     for proc in procs:
         try:
             info = proc.memory_full_info()
@@ -58,13 +58,14 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the result as JSON here too")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command to run, after --")
     args = parser.parse_args()
+    match = args.match or args.checkout
     command = [c for c in args.command if c != "--"] or ["make", "demo"]
     peak = {"pss": 0, "rss": 0, "processes": 0}
     done = threading.Event()
 
     def sampler() -> None:
         while not done.is_set():
-            pss, rss, n = sample(args.match or args.checkout)
+            pss, rss, n = sample(match)
             peak["pss"], peak["rss"], peak["processes"] = max(peak["pss"], pss), max(peak["rss"], rss), max(peak["processes"], n)
             done.wait(1.0)
 
@@ -74,7 +75,8 @@ def main() -> int:
     rc = subprocess.call(command, cwd=args.checkout)
     done.set()
     thread.join()
-    result = {"command": " ".join(command), "matched": args.match or args.checkout, "exit_code": rc, "wall_s": round(time.monotonic() - started, 1),
+    result = {"command": " ".join(command), "matched": match, "exit_code": rc,
+              "wall_s": round(time.monotonic() - started, 1),
               "peak_pss_mib": round(peak["pss"] / 2**20), "peak_rss_mib": round(peak["rss"] / 2**20),
               "peak_processes": peak["processes"]}
     print(json.dumps(result, indent=2))

@@ -79,11 +79,12 @@ def features_section(events: list[int], driver_memory: str, timeout_s: float) ->
 def cycle_section(timeout_s: float) -> dict[str, Any]:
     """The 10k-event features task as the stack runs it (a session on its warm Spark Connect server) and as it ran
     before the server existed (a local JVM per task), alternating, 3 rounds (benchmarks/features/warm_spark.py)."""
-    stdout, _ = run_script(["benchmarks/features/warm_spark.py", "--events", "10000", "--rounds", "3", "--no-write"],
-                           timeout_s)
+    rounds = 3
+    stdout, _ = run_script(["benchmarks/features/warm_spark.py", "--events", "10000", "--rounds", str(rounds),
+                            "--no-write"], timeout_s)
     r = last_json(stdout)
     local, warm = r["medians"]["local"], r["medians"].get("connect_after_first", r["medians"]["connect"])
-    note = (f"medians of 3 local / {len(r['runs']) // 2 - 1} warm runs (the server's first task, which also warms its "
+    note = (f"medians of {rounds} local / {rounds - 1} warm runs (the server's first task, which also warms its "
             f"JIT, left out: {r['runs'][1]['features_pass_s']} s); session acquire {warm['spark_start_s']} s warm vs "
             f"{local['spark_start_s']} s for a local JVM; pass with nothing new {warm['empty_pass_s']} s vs "
             f"{local['empty_pass_s']} s")

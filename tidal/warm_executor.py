@@ -35,7 +35,7 @@ WARM_IMPORTS: tuple[str, ...] = (
     "pyspark.sql",
     "pandas",
     "pyarrow.parquet",
-    "matplotlib.pyplot",  # drift's plot (Agg, set below, as the drift report sets it)
+    "matplotlib.pyplot",  # drift's plot (MPLBACKEND=Agg, set below, the backend the drift report sets)
     "dvc.repo",  # version
 )
 
@@ -43,9 +43,7 @@ WARM_IMPORTS: tuple[str, ...] = (
 def warm_imports(modules: tuple[str, ...] = WARM_IMPORTS) -> dict[str, float]:
     """Import each module; returns the seconds each took. A module that fails to import is logged and skipped: a
     task that needs it will fail on its own with the real error, and the scheduler must start either way."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless, as jobs/drift/report.py draws
+    os.environ.setdefault("MPLBACKEND", "Agg")  # headless, as jobs/drift/report.py draws (no import outside the try)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # as jobs/validation/validate.py imports it
     seconds: dict[str, float] = {}
     for name in modules:
