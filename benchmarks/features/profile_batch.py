@@ -82,18 +82,21 @@ STEPS = ("batch_lines", "dedupe_state_before", "batch_stats", "write_bronze", "w
          "write_state_and_examples", "write_online_state", "write_quarantine", "write_dedupe_state", "compact_bronze")
 
 
-def label_steps(stream_module, spark) -> None:
+def label_steps(stream_module, spark, step_wall_s: dict[str, float]) -> None:
     """Name every Spark job after the micro-batch step that ran it (the jobs of a foreachBatch have no useful call
-    site): each step of jobs.features.stream is wrapped to set `spark.job.description` while it runs."""
+    site): each step of jobs.features.stream is wrapped to set `spark.job.description` while it runs, and adds its
+    wall seconds (planning in the driver included, which the event log's job times leave out) to `step_wall_s`."""
     import functools
 
     def labelled(name, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             spark.sparkContext.setLocalProperty("spark.job.description", name)
+            started = time.monotonic()
             try:
                 return fn(*args, **kwargs)
             finally:
+                step_wall_s[name] = step_wall_s.get(name, 0.0) + time.monotonic() - started
                 spark.sparkContext.setLocalProperty("spark.job.description", None)
         return wrapper
 
@@ -102,15 +105,17 @@ def label_steps(stream_module, spark) -> None:
             setattr(stream_module, name, labelled(name, getattr(stream_module, name)))
 
 
-def profile(events: int, events_per_file: int, master: str, driver_memory: str, log_dir: Path) -> dict[str, Any]:
-    """Generate, run one pass with the event log on, return the pass's seconds and the per-job summary."""
-    home = Path(tempfile.mkdtemp(prefix="tidal-profile-")) / "home"
-    os.environ["TIDAL_HOME"] = str(home)
+def profile(events: int, events_per_file: int, master: str, driver_memory: str, log_dir: Path,
+            warm_passes: int = 0, extra_conf: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Generate, run one pass with the event log on, return the pass's seconds and the per-job summary.
+
+    `warm_passes` runs that many passes first, each on a fresh TIDAL_HOME in the same session, so the measured pass
+    sees a JVM whose JIT has warmed up, as a task on the stack's long-lived Spark Connect server does."""
     log_dir.mkdir(parents=True, exist_ok=True)
     # Read by the JVM at start: tidal.spark's builder adds its own settings on top.
     os.environ["PYSPARK_SUBMIT_ARGS"] = (f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file:{log_dir} "
                                          "--conf spark.eventLog.compress=false "
-                                         "pyspark-shell")
+                                         + "".join(f"--conf {c} " for c in extra_conf) + "pyspark-shell")
     from devtools.generate import generate_stream
     from jobs.features.stream import run_features
     from tidal.config import load_settings
@@ -118,26 +123,43 @@ def profile(events: int, events_per_file: int, master: str, driver_memory: str, 
     from tidal.storage import StorageLayout
 
     files = max(1, events // events_per_file)
-    settings = load_settings(overrides={"features": {"spark_master": master, "spark_driver_memory": driver_memory,
-                                                     "max_files_per_trigger": files},
-                                        "generate": {"events_per_file": events_per_file}})
-    layout = StorageLayout(settings.home).ensure()
-    generate_stream(layout, settings.params.generate, seed=1, files=files, event_types=settings.params.base.event_types)
-    spark = spark_for(settings)
-    spark.range(1).count()
     import jobs.features.stream as stream_module
 
-    label_steps(stream_module, spark)
-    started = time.monotonic()
-    summary = run_features(settings)
-    seconds = time.monotonic() - started
+    spark, step_wall_s, warm_s = None, {}, []
+    for attempt in range(warm_passes + 1):
+        home = Path(tempfile.mkdtemp(prefix="tidal-profile-")) / "home"
+        os.environ["TIDAL_HOME"] = str(home)
+        settings = load_settings(overrides={"features": {"spark_master": master, "spark_driver_memory": driver_memory,
+                                                         "max_files_per_trigger": files},
+                                            "generate": {"events_per_file": events_per_file}})
+        layout = StorageLayout(settings.home).ensure()
+        generate_stream(layout, settings.params.generate, seed=1, files=files,
+                        event_types=settings.params.base.event_types)
+        if spark is None:
+            spark = spark_for(settings)
+            spark.range(1).count()
+            label_steps(stream_module, spark, step_wall_s)
+        measured = attempt == warm_passes
+        if measured:
+            step_wall_s.clear()
+            first_job_id = max((r["job"] for r in summarise_event_log(event_logs(log_dir))), default=-1) + 1 \
+                if warm_passes else 0
+        started = time.monotonic()
+        summary = run_features(settings)
+        seconds = time.monotonic() - started
+        if not measured:
+            warm_s.append(round(seconds, 2))
+        shutil.rmtree(home.parent, ignore_errors=True)
     spark.stop()
-    shutil.rmtree(home.parent, ignore_errors=True)
+    rows = [r for r in summarise_event_log(event_logs(log_dir)) if r["job"] >= first_job_id]
+    return {"events": summary["landed"], "pass_s": round(seconds, 2), "warm_passes_s": warm_s, "jobs": len(rows),
+            "by_site": by_site(rows), "step_wall_s": {k: round(v, 3) for k, v in step_wall_s.items()},
+            "per_job": rows, "event_log": str(event_logs(log_dir)[-1].parent)}
+
+
+def event_logs(log_dir: Path) -> list[Path]:
     # Spark 4 writes a rolling log: a folder eventlog_v2_<app>/ with events_<n>_<app> files (and appstatus_*).
-    logs = sorted((p for p in log_dir.rglob("events_*")), key=lambda p: p.stat().st_mtime)
-    rows = summarise_event_log(logs)
-    return {"events": summary["landed"], "pass_s": round(seconds, 2), "jobs": len(rows), "by_site": by_site(rows),
-            "per_job": rows, "event_log": str(logs[-1].parent)}
+    return sorted((p for p in log_dir.rglob("events_*")), key=lambda p: p.stat().st_mtime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,12 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-file", type=int, default=20_000)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="4g")
+    parser.add_argument("--warm-passes", type=int, default=0,
+                        help="passes to run first in the same session (JIT warm-up, as on the stack's warm Spark)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra Spark setting for the session (repeatable), to compare settings")
     parser.add_argument("--keep-log", type=Path, default=None, help="keep the event log in this folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     log_dir = args.keep_log or Path(tempfile.mkdtemp(prefix="tidal-eventlog-"))
-    result = profile(args.events, args.events_per_file, args.master, args.driver_memory, log_dir)
-    print(f"{result['events']:,} events, pass {result['pass_s']} s, {result['jobs']} Spark jobs")
+    result = profile(args.events, args.events_per_file, args.master, args.driver_memory, log_dir, args.warm_passes,
+                     tuple(args.conf))
+    print(f"{result['events']:,} events, pass {result['pass_s']} s, {result['jobs']} Spark jobs "
+          f"(warm-up passes: {result['warm_passes_s']} s)")
+    print("step wall s (driver planning included): " + ", ".join(f"{k} {v}" for k, v in result["step_wall_s"].items()))
     print(f"{'site':60s} {'jobs':>4s} {'wall s':>8s} {'cpu s':>8s} {'shuffle MB':>10s}")
     for s in result["by_site"]:
         print(f"{s['site'][:60]:60s} {s['jobs']:4d} {s['wall_s']:8.2f} {s['cpu_s']:8.2f} {s['shuffle_write_mb']:10.1f}")
