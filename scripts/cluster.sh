@@ -21,6 +21,8 @@
 #   TIDAL_POSTGRES_URL                  an external PostgreSQL (postgresql://user:pass@host:port/db): none started
 #   TIDAL_CLUSTER_WORKERS (2)           Celery workers; TIDAL_SPARK_WORKERS (2) Spark workers, 1 core each
 #   TIDAL_RETRAIN_PROCESSES (2)         the full retrain's torch.distributed processes (retrain.processes; 1 = none)
+#   TIDAL_CELERY_WARM (1)               1: each Celery worker imports the steps' libraries once, before its pool
+#                                       forks, so its tasks start with them (tidal/celery_config.py); 0: Airflow's own
 # Needs what scripts/stack.sh needs, and Java 17 for the Spark daemons.
 set -euo pipefail
 
@@ -62,6 +64,10 @@ spark_workers=$(setting TIDAL_SPARK_WORKERS 2)
 retrain_processes=$(setting TIDAL_RETRAIN_PROCESSES 2)  # the full retrain's torch.distributed processes (retrain.processes)
 [[ $retrain_processes =~ ^[0-9]+$ ]] && ((retrain_processes >= 1 && retrain_processes <= 64)) ||
   die 2 "TIDAL_RETRAIN_PROCESSES=$retrain_processes: give 1 (one process) to 64 (torch.distributed over that many)"
+celery_warm=$(setting TIDAL_CELERY_WARM 1)
+[[ $celery_warm == [01] ]] ||
+  die 2 "TIDAL_CELERY_WARM=$celery_warm: give 1 (workers pre-import the steps' libraries) or 0 (Airflow's Celery defaults)"
+celery_config=; [[ $celery_warm == 0 ]] || celery_config=tidal.celery_config.CELERY_CONFIG
 # Every port of the profile: component|what|port. The embedded defaults (18090, 18333, 18379, 18400, 19300..19394
 # and their +10000) are never among them, so both stacks can run side by side.
 port_rows=(
@@ -227,6 +233,7 @@ TIDAL_CLUSTER_HOME=$cluster_home
 TIDAL_CLUSTER_WORKERS=$celery_workers
 TIDAL_SPARK_WORKERS=$spark_workers
 TIDAL_RETRAIN_PROCESSES=$retrain_processes
+TIDAL_CELERY_WARM=$celery_warm
 ${postgres_url_external:+TIDAL_POSTGRES_URL=$postgres_url_external}
 ${incremental_trigger:+TIDAL_INCREMENTAL_TRIGGER=$incremental_trigger}
 TIDAL_SPARK_MASTER_URL=$spark_master_url
@@ -239,6 +246,7 @@ AIRFLOW__CELERY__RESULT_BACKEND=db+$db
 AIRFLOW__CELERY__WORKER_CONCURRENCY=1
 AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT=21600
 AIRFLOW__CELERY__EXTRA_CELERY_CONFIG='{"result_extended": true}'
+${celery_config:+AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=$celery_config}
 AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=90
 ENV
   } >"$env_file.tmp"

@@ -102,6 +102,14 @@ def test_two_cycles_and_a_full_retrain_run_on_both_celery_workers_and_the_spark_
     for dag_id, run_id in (("tidal_incremental", second_id), ("tidal_full_retrain", retrain_id)):
         for task_id, ti in airflow.task_instances(dag_id, run_id).items():
             assert ti["executor"] in (None, "CeleryExecutor") and ti["queue"] == "default", (task_id, ti)
+    # Each worker imported the steps' libraries once, before its pool forked (tidal/celery_config.py), so its tasks
+    # did not import them again.
+    from tidal.warm_executor import WARM_IMPORTS
+
+    assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "tidal.celery_config.CELERY_CONFIG"
+    for worker in by_worker:
+        log = (Path(env["TIDAL_CLUSTER_DIR"]) / "logs" / f"{worker}.log").read_text()
+        assert f"tidal: pre-imported {len(WARM_IMPORTS)} libraries for this worker's tasks" in log, log[-3000:]
 
     # The Spark steps (features twice, the training-set build once) were applications of the standalone master,
     # each with the cluster's two 1-core workers.
