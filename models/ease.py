@@ -44,6 +44,11 @@ def ridge_inverse(x: torch.Tensor, l2_share: float) -> torch.Tensor:
     return p / lam
 
 
+def _as_str(values: np.ndarray) -> np.ndarray:
+    """Ids as an object array of str, whatever type they were read as."""
+    return pd.Series(values, copy=False).astype(str).to_numpy()
+
+
 class DecayedEASE:
     """B over `item_ids`, and each known user's decayed row of X (the input of a score)."""
 
@@ -59,27 +64,38 @@ class DecayedEASE:
     @classmethod
     def fit(cls, history: pd.DataFrame, *, half_life: float, l2_share: float, max_items: int) -> "DecayedEASE":
         """Fit on events (user_id, item_id, timestamp); `half_life` in events."""
-        if len(history) == 0:
+        return cls.fit_arrays(history["user_id"].to_numpy(), history["item_id"].to_numpy(),
+                              history["timestamp"].to_numpy(dtype=float), half_life=half_life, l2_share=l2_share,
+                              max_items=max_items)
+
+    @classmethod
+    def fit_arrays(cls, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray, *, half_life: float,
+                   l2_share: float, max_items: int) -> "DecayedEASE":
+        """`fit` on the events' columns (n,) each: a fine-tune passes its history and new events without
+        building a frame of them."""
+        if len(timestamps) == 0:
             return cls.empty()
-        decay = np.power(0.5, event_ages(history["timestamp"].to_numpy(dtype=float)) / max(half_life, 1.0))
+        decay = np.power(0.5, event_ages(timestamps) / max(half_life, 1.0))
         # Integer codes in sorted-id order stand in for the ids: grouping and sorting strings was a third of a
         # small refit, and the codes give the same groups in the same order (so the same sums and ties).
-        item_codes, item_names = pd.factorize(history["item_id"].astype(str).to_numpy(), sort=True)
-        mass = pd.Series(decay).groupby(item_codes).sum().sort_values(ascending=False, kind="stable")
-        kept_codes = mass.index[:max_items].to_numpy()
+        item_codes, item_names = pd.factorize(_as_str(item_ids), sort=True)
+        # Kahan-summed like pandas' groupby sum (the ranking, and so the kept items, must not depend on the
+        # order events arrive in); a stable sort keeps the first code on ties.
+        mass = pd.Series(decay).groupby(item_codes).sum().to_numpy()                # (items,)
+        kept_codes = np.argsort(-mass, kind="stable")[:max_items]
         kept = item_names[kept_codes].tolist()
         column_of_code = np.full(len(item_names), -1, dtype=np.int64)
         column_of_code[kept_codes] = np.arange(len(kept_codes))
         col = column_of_code[item_codes]
         keep = col >= 0
-        user_codes, user_names = pd.factorize(history["user_id"].astype(str).to_numpy()[keep], sort=True)
-        pairs = pd.DataFrame({"u": user_codes, "c": col[keep], "v": decay[keep]})
-        latest = pairs.groupby(["u", "c"], sort=True)["v"].max()      # one entry per pair: its latest event
-        present, rows = np.unique(latest.index.get_level_values(0).to_numpy(), return_inverse=True)
-        users = user_names[present]
-        cols, vals = latest.index.get_level_values(1).to_numpy(), latest.to_numpy()
+        user_codes, users = pd.factorize(_as_str(user_ids)[keep], sort=True)
+        # X: each (user, item) pair's latest event, i.e. its largest decay; every user here has a kept item.
         x = np.zeros((len(users), len(kept)))
-        x[rows, cols] = vals
+        np.maximum.at(x, (user_codes, col[keep]), decay[keep])
+        present = np.zeros(x.shape, dtype=bool)
+        present[user_codes, col[keep]] = True
+        rows, cols = np.nonzero(present)                                            # row-major: by user, then item
+        vals = x[rows, cols]
         # float32: B is kept in float32 anyway, the ridge keeps the system well conditioned (B agrees with a
         # float64 solve to about 1e-6 of its largest entry), and the solve is the largest fixed cost of a fine-tune.
         p = ridge_inverse(torch.from_numpy(x).float(), l2_share)                         # (N, N)

@@ -861,10 +861,16 @@ def _fit_ease(new: pd.DataFrame, replay: pd.DataFrame | None, previous: Checkpoi
     the previous one: a refit on a few new events alone would forget who watches what)."""
     if previous is not None and (replay is None or len(replay) == 0):
         return previous.ease
-    columns = ["user_id", "item_id", "timestamp"]
-    data = new[columns] if replay is None else pd.concat([replay[columns], new[columns]], ignore_index=True)
-    return DecayedEASE.fit(data, half_life=cfg.ease_half_life_share * events_seen, l2_share=cfg.ease_l2_share,
-                           max_items=cfg.ease_max_items)
+    frames = [new] if replay is None else [replay, new]
+
+    def column(name: str, dtype=None) -> np.ndarray:
+        # The columns joined as arrays: concatenating the frames copied every column through pandas, a
+        # sizeable share of a small fine-tune.
+        return np.concatenate([frame[name].to_numpy(dtype=dtype) for frame in frames])
+
+    return DecayedEASE.fit_arrays(column("user_id"), column("item_id"), column("timestamp", float),
+                                  half_life=cfg.ease_half_life_share * events_seen, l2_share=cfg.ease_l2_share,
+                                  max_items=cfg.ease_max_items)
 
 
 def train(interactions: pd.DataFrame, *, cfg: TrainConfig, init_from: Checkpoint | None = None,

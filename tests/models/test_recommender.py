@@ -247,6 +247,42 @@ def test_ease_term_recommends_co_watched_items():
     np.testing.assert_array_equal(restored.score(["u3"], ["b3", "a1"]), ease.score(["u3"], ["b3", "a1"]))
 
 
+def test_ease_fit_keeps_the_heaviest_items_and_each_pairs_latest_event():
+    # X, built the slow and obvious way: items ranked by decayed mass (the smaller id first on ties), the top
+    # `max_items` kept, each (user, item) pair's latest event (its largest decay), users and items by id. Events
+    # arrive out of order (a fine-tune joins history and new events) and ids of any type count as strings.
+    from models.data import event_ages
+    from models.ease import DecayedEASE
+
+    rng = np.random.default_rng(7)
+    n, half_life, max_items = 400, 60.0, 12
+    events = pd.DataFrame({"user_id": rng.integers(0, 25, n), "item_id": rng.integers(0, 30, n),
+                           "timestamp": rng.permutation(n).astype(float)})
+    decay = 0.5 ** (event_ages(events["timestamp"].to_numpy()) / half_life)
+    mass: dict[str, float] = {}
+    for item, value in zip(events["item_id"].astype(str), decay):
+        mass[item] = mass.get(item, 0.0) + value
+    kept = sorted(sorted(mass), key=lambda i: -mass[i])[:max_items]
+    latest: dict[tuple[str, str], float] = {}
+    for user, item, value in zip(events["user_id"].astype(str), events["item_id"].astype(str), decay):
+        if item in kept:
+            latest[user, item] = max(latest.get((user, item), 0.0), value)
+    users = sorted({u for u, _ in latest})
+
+    ease = DecayedEASE.fit_arrays(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                                  events["timestamp"].to_numpy(), half_life=half_life, l2_share=1.0,
+                                  max_items=max_items)
+    assert ease.item_ids == kept and ease.user_ids == users
+    for j, user in enumerate(users):
+        lo, hi = int(ease.indptr[j]), int(ease.indptr[j + 1])
+        got = {kept[c]: float(v) for c, v in zip(ease.indices[lo:hi].tolist(), ease.values[lo:hi].tolist())}
+        assert got == pytest.approx({i: v for (u, i), v in latest.items() if u == user}, rel=1e-6)
+    # The same events as a frame of string ids give the same model.
+    frame = DecayedEASE.fit(events.astype({"user_id": str, "item_id": str}), half_life=half_life, l2_share=1.0,
+                            max_items=max_items)
+    assert frame.item_ids == ease.item_ids and torch.equal(frame.weights, ease.weights)
+
+
 def test_recommend_respects_candidates_and_exclusions(base):
     ck = base.checkpoint
     cands = ck.item_ids[:6]
