@@ -79,8 +79,8 @@ class DecayedEASE:
         # Integer codes in sorted-id order stand in for the ids: grouping and sorting strings was a third of a
         # small refit, and the codes give the same groups in the same order (so the same sums and ties).
         item_codes, item_names = pd.factorize(_as_str(item_ids), sort=True)
-        # Kahan-summed like pandas' groupby sum (the ranking, and so the kept items, must not depend on the
-        # order events arrive in); a stable sort keeps the first code on ties.
+        # pandas' groupby sum (compensated) as before, not a plain bincount: the masses, so the kept items and
+        # their column order, stay bit for bit what they were. The stable sort keeps the smaller id first on ties.
         mass = pd.Series(decay).groupby(item_codes).sum().to_numpy()                # (items,)
         kept_codes = np.argsort(-mass, kind="stable")[:max_items]
         kept = item_names[kept_codes].tolist()
