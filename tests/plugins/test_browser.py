@@ -78,8 +78,12 @@ def wait(driver, condition, what: str):
                                                                  StaleElementReferenceException)).until(condition)
     except TimeoutException:
         where = driver.execute_script("return [document.URL, document.title, document.body.innerText.slice(0, 500)]")
+        # What the page's action forms answered (a trigger that failed says why there), wherever they are on it.
+        results = driver.execute_script(
+            "return Array.from(document.querySelectorAll('[id$=-result]'), e => e.id + ': ' + e.textContent)")
         shot(driver, "timeout")
-        raise AssertionError(f"{what}: not within {WAIT_S} s; the browser shows {where}") from None
+        raise AssertionError(f"{what}: not within {WAIT_S} s; the browser shows {where}; "
+                             f"action results {results}") from None
 
 
 def log_in(driver, airflow) -> None:
