@@ -88,10 +88,11 @@ class DecayedEASE:
         column_of_code[kept_codes] = np.arange(len(kept_codes))
         col = column_of_code[item_codes]
         keep = col >= 0
-        user_codes, users = pd.factorize(_as_str(user_ids)[keep], sort=True)
+        user_codes, users = pd.factorize(_as_str(np.asarray(user_ids)[keep]), sort=True)
         # X: each (user, item) pair's latest event, i.e. its largest decay; every user here has a kept item.
         x = np.zeros((len(users), len(kept)))
         np.maximum.at(x, (user_codes, col[keep]), decay[keep])
+        # Which pairs occur, kept apart from x: a very old event's decay can underflow to 0 and is still an entry.
         present = np.zeros(x.shape, dtype=bool)
         present[user_codes, col[keep]] = True
         rows, cols = np.nonzero(present)                                            # row-major: by user, then item
