@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 
+DEDUPE_STATE_SCHEMA = "event_id string, event_time timestamp"
 ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double"
 ITEM_BUCKET_STATE_SCHEMA = "item_id string, bucket long, events long"
 USER_RECENT_STATE_SCHEMA = "user_id string, item_id string, event_s double"

@@ -27,10 +27,10 @@ from typing import Any
 
 from jobs.features.compact import compact_bronze
 from jobs.features.online import publish_batch
-from jobs.features.state import (ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA, USER_RECENT_STATE_SCHEMA,
-                                 entity_features, flag_outliers, item_content_features, item_window_popularity,
-                                 outlier_items, prune_item_buckets, update_entity_state, update_item_buckets,
-                                 update_user_recent)
+from jobs.features.state import (DEDUPE_STATE_SCHEMA, ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA,
+                                 USER_RECENT_STATE_SCHEMA, entity_features, flag_outliers, item_content_features,
+                                 item_window_popularity, outlier_items, prune_item_buckets, update_entity_state,
+                                 update_item_buckets, update_user_recent)
 from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, landing_lines, parquet_lines,
                                       training_examples)
 from tidal.config import Settings, load_settings
@@ -119,8 +119,7 @@ def dedupe_state_before(spark, layout: StorageLayout, batch_id: int, lateness_s:
     previous = latest_manifest_before(layout, batch_id)
     max_seen = datetime.fromisoformat(previous["max_event_time"]) if previous and previous.get("max_event_time") else None
     snapshot = latest_snapshot_before(snapshot_dirs(layout)["event_ids"], batch_id)
-    seen = (spark.read.parquet(str(snapshot)) if snapshot else
-            spark.createDataFrame([], "event_id string, event_time timestamp"))
+    seen = read_snapshot(spark, snapshot, DEDUPE_STATE_SCHEMA)
     return DedupeState(seen, max_seen, max_seen - timedelta(seconds=lateness_s) if max_seen else None)
 
 
@@ -169,19 +168,18 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     """Entity state and item popularity buckets (the previous snapshot + this batch -> this batch's snapshot, never
     all history), then the training examples with the features they give."""
     fp, dirs = settings.params.features, snapshot_dirs(layout)
-    previous_state = latest_snapshot_before(dirs["entities"], batch_id)
-    state = update_entity_state(spark.read.parquet(str(previous_state)) if previous_state else
-                                spark.createDataFrame([], ENTITY_STATE_SCHEMA), training, fp.half_life_s)
-    state.write.mode("overwrite").parquet(str(dirs["entities"] / f"batch_id={batch_id}"))
-    # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way.
-    previous_buckets = latest_snapshot_before(dirs["item_buckets"], batch_id)
-    buckets = update_item_buckets(spark.read.parquet(str(previous_buckets)) if previous_buckets else
-                                  spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA), training,
-                                  fp.popularity_bucket_s)
+    state_path = dirs["entities"] / f"batch_id={batch_id}"
+    state = update_entity_state(read_snapshot(spark, latest_snapshot_before(dirs["entities"], batch_id),
+                                              ENTITY_STATE_SCHEMA), training, fp.half_life_s)
+    state.write.mode("overwrite").parquet(str(state_path))
+    # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way. Kept in memory for
+    # the batch: the pruned snapshot and the examples' windows both read it (the examples the unpruned one).
+    buckets = update_item_buckets(read_snapshot(spark, latest_snapshot_before(dirs["item_buckets"], batch_id),
+                                                ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
     prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
         .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
     examples = entity_features(training_examples(training, fp.event_type_weights),
-                               spark.read.parquet(str(dirs["entities"] / f"batch_id={batch_id}")), fp.half_life_s,
+                               read_snapshot(spark, state_path, ENTITY_STATE_SCHEMA), fp.half_life_s,
                                settings.params.base.event_types)
     # The merged, unpruned state: an accepted event older than the pruning horizon still gets its full windows.
     examples = item_window_popularity(examples, buckets, fp.popularity_bucket_s, fp.popularity_windows_s)
@@ -189,6 +187,7 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     if items_csv.exists():
         examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))
     examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
+    buckets.unpersist()
 
 
 def write_online_state(spark, training, batch_id: int, layout: StorageLayout, settings: Settings,
@@ -196,9 +195,8 @@ def write_online_state(spark, training, batch_id: int, layout: StorageLayout, se
     """The users' recent-items snapshot (always: it is offline state), then the batch's online state projected from
     it and from the item buckets (jobs/features/online.py). An unreachable store is reported, never raised."""
     dirs = snapshot_dirs(layout)
-    previous = latest_snapshot_before(dirs["user_recent"], batch_id)
-    recent = update_user_recent(spark.read.parquet(str(previous)) if previous else
-                                spark.createDataFrame([], USER_RECENT_STATE_SCHEMA), training,
+    recent = update_user_recent(read_snapshot(spark, latest_snapshot_before(dirs["user_recent"], batch_id),
+                                              USER_RECENT_STATE_SCHEMA), training,
                                 settings.params.features.online_recent_items)
     snapshot = dirs["user_recent"] / f"batch_id={batch_id}"
     recent.write.mode("overwrite").parquet(str(snapshot))
@@ -283,6 +281,14 @@ def examples_count(layout: StorageLayout, batch_id: int) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(p).metadata.num_rows for p in layout.examples_batch(batch_id).glob("*.parquet"))
+
+
+def read_snapshot(spark, path: Path | None, schema: str):
+    """A state snapshot this job wrote (or an empty frame before the first), read with its known schema: Parquet
+    schema inference would be one more Spark job per read, a fixed cost that dominates a small batch."""
+    if path is None:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(str(path))
 
 
 def latest_snapshot_before(seen_dir: Path, batch_id: int) -> Path | None:
