@@ -18,10 +18,9 @@ Each step is a pure function that returns SQL text; `run_batch` executes them in
 the only place with I/O. Known differences from the Spark job (none of them hit the generated stream; the
 equivalence test `tests/benchmarks/test_duckdb_features.py` checks the rest):
 
-- Median and MAD are exact (`quantile_disc`, the element at rank ceil(n/2), which is what Spark's
-  `percentile_approx(x, 0.5, 10000)` returns while its summary is exact); on more entities than its accuracy
-  Spark's is approximate (rank error up to n/10000), so a user right at the z threshold could be flagged by one
-  and not the other.
+- Median and MAD: both exact, the element at rank ceil(n/2) (`quantile_disc` here, the histogram of events per
+  user in `jobs.features.state.robust_z_of_counts`); the mean absolute deviation (used when MAD is 0) is summed in
+  a different order, so it can differ in the last bits.
 - JSON: DuckDB's parser accepts trailing commas, NaN/Infinity and duplicate keys, which Spark's `parse_json`
   refuses. Lines that could hold the first two are re-checked with a strict parser in Python, and duplicate keys
   at the top level are caught in SQL; duplicate keys inside a nested object (e.g. in `context`) are not, so such a
@@ -290,8 +289,8 @@ def dedupe_sql(classified_table: str) -> str:
 
 def flagged_users_sql(accepted_table: str, z_threshold: float, min_events: int) -> str:
     """Robust z of log1p(events per user): 0.6745 (x - median) / MAD, or (x - median) / (1.253314 meanAD) when MAD is
-    0, else 0 (`jobs.features.state.robust_z`). quantile_disc(., 0.5) is the element at rank ceil(n/2): Spark's
-    percentile_approx while exact."""
+    0, else 0 (`jobs.features.state.robust_z_of_counts`). quantile_disc(., 0.5) is the element at rank ceil(n/2), as
+    there."""
     return f"""
     WITH users AS (SELECT user_id, count(*) AS events, ln(1 + count(*)) AS x FROM {accepted_table} GROUP BY user_id),
     med AS (SELECT quantile_disc(x, 0.5) AS med FROM users),

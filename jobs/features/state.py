@@ -41,22 +41,38 @@ SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids ar
 LN2 = math.log(2.0)
 
 
-def robust_z(frame, column: str):
-    """frame with `column` -> the same with `z` = 0.6745 (x - median) / MAD. When MAD is 0 (over half the entities
-    share one value, e.g. one event per user on most items) the mean absolute deviation stands in,
-    z = (x - median) / (1.2533 * meanAD) (Iglewicz & Hoaglin); if that is 0 too, nothing stands out: z = 0."""
-    from pyspark.sql import functions as F
+def robust_z_of_counts(users_per_count: dict[int, int]) -> dict[int, float]:
+    """{events per user: users with that many} -> {events: robust z of x = log1p(events)}.
 
-    med = frame.agg(F.percentile_approx(column, 0.5, 10000).alias("_med"))
-    with_med = frame.crossJoin(med)
-    deviation = F.abs(F.col(column) - F.col("_med"))
-    spread = with_med.agg(F.percentile_approx(deviation, 0.5, 10000).alias("_mad"), F.avg(deviation).alias("_meanad"))
-    centred = F.col(column) - F.col("_med")
-    return (with_med.crossJoin(spread)
-            .withColumn("z", F.when(F.col("_mad") > 0, 0.6745 * centred / F.col("_mad"))
-                        .when(F.col("_meanad") > 0, centred / (1.253314 * F.col("_meanad")))
-                        .otherwise(F.lit(0.0)))
-            .drop("_med", "_mad", "_meanad"))
+    z = 0.6745 (x - median) / MAD. When MAD is 0 (over half the entities share one value, e.g. one event per user
+    on most items) the mean absolute deviation stands in, z = (x - median) / (1.253314 * meanAD) (Iglewicz &
+    Hoaglin); if that is 0 too, nothing stands out: z = 0. The median and MAD are exact, the element at rank
+    ceil(n/2) of the n users. Computed on the driver from the histogram: a batch's users take only as many distinct
+    counts as there are ways to split its events (at most sqrt(2 * events)), so this is a few hundred numbers where a
+    per-user Spark plan would be two percentile aggregations and two cross joins, each its own job."""
+    counts = sorted(users_per_count)
+    n = sum(users_per_count.values())
+    if n == 0:
+        return {}
+    x = {c: math.log1p(c) for c in counts}
+
+    def lower_median(pairs: list[tuple[float, int]]) -> float:
+        rank, seen = math.ceil(n / 2), 0
+        for value, weight in sorted(pairs):
+            seen += weight
+            if seen >= rank:
+                return value
+        raise AssertionError("the weights sum to n")
+
+    med = lower_median([(x[c], users_per_count[c]) for c in counts])
+    deviation = {c: abs(x[c] - med) for c in counts}
+    mad = lower_median([(deviation[c], users_per_count[c]) for c in counts])
+    meanad = math.fsum(deviation[c] * users_per_count[c] for c in counts) / n
+    if mad > 0:
+        return {c: 0.6745 * (x[c] - med) / mad for c in counts}
+    if meanad > 0:
+        return {c: (x[c] - med) / (1.253314 * meanad) for c in counts}
+    return {c: 0.0 for c in counts}
 
 
 def flag_outliers(events_df, z_threshold: float, min_events: int):
@@ -64,13 +80,18 @@ def flag_outliers(events_df, z_threshold: float, min_events: int):
 
     Users: robust z of log1p(events in the batch) above `z_threshold`, with at least `min_events` events. Items: at
     least `min_events` events, more than half of them from flagged users (the items a bot or scraper drove). Raw
-    item counts are heavy-tailed by nature, so a z-score on them would flag the catalogue's head, not abuse."""
+    item counts are heavy-tailed by nature, so a z-score on them would flag the catalogue's head, not abuse.
+    Runs one Spark job: the histogram of events per user, collected to score its counts (`robust_z_of_counts`)."""
     from pyspark.sql import functions as F
 
-    users = events_df.groupBy("user_id").agg(F.count("*").alias("events")) \
-        .withColumn("x", F.log1p(F.col("events")))
-    users = robust_z(users, "x").filter((F.col("z") > z_threshold) & (F.col("events") >= min_events)) \
-        .select("user_id", "events", "z")
+    users = events_df.groupBy("user_id").agg(F.count("*").alias("events"))
+    histogram = {r["events"]: r["users"] for r in
+                 users.groupBy("events").agg(F.count("*").alias("users")).collect()}
+    flagged = {c: z for c, z in robust_z_of_counts(histogram).items() if z > z_threshold and c >= min_events}
+    z_of_count = F.create_map(*[F.lit(v) for c, z in sorted(flagged.items()) for v in (c, float(z))]) if flagged \
+        else F.create_map().cast("map<bigint,double>")
+    users = users.filter(F.col("events").isin(list(flagged))) \
+        .select("user_id", "events", z_of_count[F.col("events")].alias("z"))
     by_bot = events_df.join(users.select("user_id", F.lit(1).alias("_bot")), "user_id", "left")
     return users, outlier_items(by_bot, F.col("_bot").isNotNull(), min_events)
 

@@ -158,8 +158,10 @@ def without_outliers(accepted, settings: Settings) -> tuple[Any, list[str], list
     users_df, _ = flag_outliers(accepted, fp.outlier_z, fp.outlier_min_events)
     users = sorted(r.user_id for r in users_df.collect())
     # The items from the collected users (a literal set), so the users' robust z is not computed a second time.
+    # With no flagged user no item can have a bot share above one half.
     items = sorted(r.item_id for r in
-                   outlier_items(accepted, F.col("user_id").isin(users), fp.outlier_min_events).collect())
+                   outlier_items(accepted, F.col("user_id").isin(users), fp.outlier_min_events).collect()) \
+        if users else []
     training = accepted.filter(~F.col("user_id").isin(users) & ~F.col("item_id").isin(items))
     return training, users, items
 

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from jobs.features.state import ENTITY_STATE_SCHEMA, entity_features, flag_outliers, update_entity_state
+from jobs.features.state import (ENTITY_STATE_SCHEMA, entity_features, flag_outliers, robust_z_of_counts,
+                                 update_entity_state)
 
 
 T0 = datetime(2026, 11, 1)
@@ -52,6 +53,35 @@ def test_entity_features_give_decay_recency_and_type_mix(spark):
     assert rows["e3"].item_decayed_count == pytest.approx(0.5 + 1 + 1)  # i1: 0, 10, 10 h
     assert (rows["e0"].user_share_view, rows["e0"].user_share_click) == (pytest.approx(1.5 / 2.5), pytest.approx(1 / 2.5))
     assert rows["e3"].user_share_purchase == 1.0 and rows["e3"].user_share_view == 0.0
+
+
+@pytest.mark.parametrize(("users_per_count", "branch"), [
+    ({1: 3, 2: 3, 3: 2, 40: 1}, "mad"),      # the common case
+    ({1: 7, 2: 1, 9: 1, 300: 1}, "meanad"),  # over half the users share one count: MAD = 0, the mean deviation
+    ({4: 6}, "none"),                        # everyone alike: nothing stands out
+    ({1: 1, 2: 1, 3: 1, 4: 1}, "mad"),       # an even number of users: the median is the element at rank n/2
+])
+def test_robust_z_of_counts_matches_a_per_user_computation(users_per_count, branch):
+    """The histogram form gives each count the z that the per-user definition gives each of its users."""
+    xs = sorted(math.log1p(c) for c, k in users_per_count.items() for _ in range(k))
+    n = len(xs)
+    med = xs[math.ceil(n / 2) - 1]
+    deviations = sorted(abs(x - med) for x in xs)
+    mad, meanad = deviations[math.ceil(n / 2) - 1], sum(deviations) / n
+
+    def z(x):
+        if mad > 0:
+            return 0.6745 * (x - med) / mad
+        return (x - med) / (1.253314 * meanad) if meanad > 0 else 0.0
+
+    got = robust_z_of_counts(users_per_count)
+    assert set(got) == set(users_per_count)
+    for count, value in got.items():
+        assert value == pytest.approx(z(math.log1p(count)), rel=1e-12, abs=1e-12)
+    assert branch == ("mad" if mad > 0 else "meanad" if meanad > 0 else "none")  # each case takes its branch
+    if len(users_per_count) > 1:
+        assert got[max(users_per_count)] > 0
+    assert robust_z_of_counts({}) == {}
 
 
 def test_injected_bot_is_flagged_and_normal_users_are_not(spark):
