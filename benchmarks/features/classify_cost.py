@@ -3,14 +3,14 @@
 Not a test. Run (from the repo root):
     PYTHONPATH=. .venv/bin/python benchmarks/features/classify_cost.py [--lines 200000] [--reps 3]
 
-It generates `--lines` event lines (devtools.generate, the shipped stream's shape), caches them as the line rows
+It generates `--lines` event lines (devtools.generate, serialised as its landing files are), caches them as the line rows
 `classify_events` reads (4 partitions on local[2]), then times one aggregation over every output column of:
 - `full`: `jobs.features.transforms.classify_events` as shipped;
 - `no_trailing_check`: the same with `has_trailing_content` replaced by false (what the check for a second JSON value
   on a line costs; the check stays in the job: without it a glued second record would be dropped silently);
 - `parse_only`: `try_parse_json` alone (the floor any variant-based classification pays).
-After one untimed warm-up, each variant runs `--reps` times; the best is reported with all runs, and the accepted/quarantined
-count, so a variant that changed the outcome shows. Prints one JSON object.
+After one untimed warm-up, each variant runs `--reps` times; the best is reported with all runs, and the
+quarantined count, so a variant that changed the outcome shows. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     params, base = GenerateParams(), load_params().base
     files = -(-args.lines // per_file)
     world = SyntheticWorld(params, seed=1, files=files)
-    lines = [json.dumps(row, default=str) for f in range(files)
+    lines = [json.dumps(row) for f in range(files)
              for row in generate_file_events(world, f, 1, per_file, base.event_types)][:args.lines]
     spark = spark_session("local[2]", 4)
     frame = spark.createDataFrame(

@@ -84,14 +84,14 @@ def flag_outliers(events_df, z_threshold: float, min_events: int):
     Runs one Spark job: the histogram of events per user, collected to score its counts (`robust_z_of_counts`)."""
     from pyspark.sql import functions as F
 
-    users = events_df.groupBy("user_id").agg(F.count("*").alias("events"))
+    per_user = events_df.groupBy("user_id").agg(F.count("*").alias("events"))
     histogram = {r["events"]: r["users"] for r in
-                 users.groupBy("events").agg(F.count("*").alias("users")).collect()}
+                 per_user.groupBy("events").agg(F.count("*").alias("users")).collect()}
     flagged = {c: z for c, z in robust_z_of_counts(histogram).items() if z > z_threshold and c >= min_events}
-    z_of_count = F.create_map(*[F.lit(v) for c, z in sorted(flagged.items()) for v in (c, float(z))]) if flagged \
-        else F.create_map().cast("map<bigint,double>")
-    users = users.filter(F.col("events").isin(list(flagged))) \
-        .select("user_id", "events", z_of_count[F.col("events")].alias("z"))
+    # z looked up from the few flagged counts (no flagged count: no row, so no z to look up).
+    z_column = F.create_map(*[F.lit(v) for count, score in sorted(flagged.items()) for v in (count, float(score))]) \
+        [F.col("events")] if flagged else F.lit(None).cast("double")
+    users = per_user.filter(F.col("events").isin(list(flagged))).select("user_id", "events", z_column.alias("z"))
     by_bot = events_df.join(users.select("user_id", F.lit(1).alias("_bot")), "user_id", "left")
     return users, outlier_items(by_bot, F.col("_bot").isNotNull(), min_events)
 
