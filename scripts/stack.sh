@@ -525,7 +525,7 @@ start_serving() {
 
 start_spark() {
   if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
-  local port=${settings[TIDAL_SPARK_PORT]} spark_home master memory i params_env=()
+  local port=${settings[TIDAL_SPARK_PORT]} spark_home master memory codegen_entries i params_env=()
   # Only when set: an empty TIDAL_PARAMS would name the current folder, not the checkout's params.yaml.
   if [[ -n ${settings[TIDAL_PARAMS]} ]]; then params_env=("TIDAL_PARAMS=${settings[TIDAL_PARAMS]}"); fi
   spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
@@ -535,9 +535,10 @@ start_spark() {
   "$venv_bin/python" -c 'import grpc, grpc_status, google.rpc, zstandard, pyarrow, pandas' 2>/dev/null ||
     { log "the venv lacks pyspark's Connect client (pyspark[connect]: grpcio-status, zstandard, ...); make venv"; return 1; }
   # The master and heap a local job would use (features.spark_master, features.spark_driver_memory), refused with
-  # the params' own message when invalid.
-  read -r master memory < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
-    'from tidal.config import load_params; f = load_params().features; print(f.spark_master, f.spark_driver_memory)') &&
+  # the params' own message when invalid, and the size of the compiled-code cache a long-lived session needs
+  # (tidal.spark.CODEGEN_CACHE_ENTRIES says why).
+  read -r master memory codegen_entries < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
+    'from tidal.config import load_params; from tidal.spark import CODEGEN_CACHE_ENTRIES as n; f = load_params().features; print(f.spark_master, f.spark_driver_memory, n)') &&
     [[ -n $master ]] || { log "could not read features.spark_master from the params (above)"; return 1; }
   mkdir -p "$stack_dir/spark/tmp"
   # The server runs the features job's foreachBatch callback in a Python worker of its own: that worker must be
@@ -552,6 +553,7 @@ start_spark() {
     --conf spark.ui.enabled=false --conf spark.ui.showConsoleProgress=false --conf spark.log.level=WARN \
     --conf spark.local.dir="$stack_dir/spark/tmp" --conf spark.sql.warehouse.dir="$stack_dir/spark/warehouse" \
     --conf spark.sql.session.timeZone=UTC --conf spark.sql.sources.partitionOverwriteMode=dynamic \
+    --conf spark.sql.codegen.cache.maxEntries="$codegen_entries" \
     >"$stack_dir/logs/spark.log" 2>&1 </dev/null) &
   record_pid spark $!
   log "spark starting (pid $!), Spark Connect ($master) on sc://127.0.0.1:$port"

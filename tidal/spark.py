@@ -19,6 +19,14 @@ import sys
 from tidal.config import Settings
 
 
+# How many compiled classes of generated code Spark keeps (an LRU keyed by the code; a static setting, read when the
+# JVM starts). Spark's default, 100, is below what one features micro-batch compiles (about 180 distinct classes), so
+# on a session that runs batch after batch (the stack's Connect server, a test session) each batch evicted the
+# previous one's classes and compiled all of them again, and the JIT then compiled the new classes once more:
+# benchmarks/features/codegen_cache.py. 1,000 holds several batches' worth plus the other jobs' plans.
+CODEGEN_CACHE_ENTRIES = 1000
+
+
 # Session settings that a Connect client may set per session (the server's static ones, such as the UI, the driver's
 # address and heap, are fixed when scripts/stack.sh starts it).
 def session_conf(shuffle_partitions: int) -> dict[str, str]:
@@ -47,6 +55,7 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
         .config("spark.driver.bindAddress", "127.0.0.1")
         # Read only when this call starts the JVM (features.spark_driver_memory); a running session keeps its heap.
         .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.codegen.cache.maxEntries", str(CODEGEN_CACHE_ENTRIES))
     )
     for key, value in session_conf(shuffle_partitions).items():
         builder = builder.config(key, value)

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO_ROOT, write_params
 from tests.jobs.features.test_stream_exactly_once import EVENTS_PER_FILE, FILES, final_state, landing_files, manifests
 from tests.scripts.stack_run import free_ports, sourced, stack, stack_dir_env
+from tidal.spark import CODEGEN_CACHE_ENTRIES
 
 
 # The job's environment with a Java that does not exist (spark-submit runs $JAVA_HOME/bin/java when it is set): a
@@ -79,6 +80,8 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
     # gRPC on the stack's port; the driver's own RPC and block ports are ephemeral, loopback too.
     assert ("127.0.0.1", int(ports["TIDAL_SPARK_PORT"])) in {(ip.removeprefix("::ffff:"), p) for ip, p in listening}
     assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}
+    # A server runs batch after batch: it keeps their compiled code (tidal.spark.CODEGEN_CACHE_ENTRIES says why).
+    assert f"spark.sql.codegen.cache.maxEntries={CODEGEN_CACHE_ENTRIES}" in server.cmdline()
 
     local_env = job_env(tmp_path / "local")
     # Without Java a local session cannot start: the check below, that the Connect runs need none, can fail.

@@ -25,3 +25,33 @@ def test_an_unreachable_spark_connect_server_fails_at_once_saying_what_to_do():
     assert done.returncode != 0
     assert f"no Spark Connect server at sc://127.0.0.1:{port}" in done.stderr
     assert "scripts/stack.sh up spark" in done.stderr and "unset TIDAL_SPARK_REMOTE" in done.stderr
+
+
+def codegen_compilations(spark) -> int:
+    """How many classes of generated code the session's JVM has compiled so far (Spark's own codegen metric)."""
+    return spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount()
+
+
+def test_a_long_lived_session_compiles_a_features_batch_once_not_per_batch(spark, tidal_env):
+    """A micro-batch compiles more classes than Spark keeps by default (100), so without tidal.spark's cache size a
+    session running batch after batch (the stack's warm server, this test session) compiled every one of them again
+    per batch. With it, a batch of the same shape reuses them: only the stages holding the batch's own id as a
+    constant are new."""
+    from devtools.generate import generate_stream
+    from jobs.features.stream import run_features
+    from tidal.spark import CODEGEN_CACHE_ENTRIES
+    from tidal.storage import StorageLayout
+
+    assert spark.conf.get("spark.sql.codegen.cache.maxEntries") == str(CODEGEN_CACHE_ENTRIES)
+    settings = tidal_env({"generate": {"events_per_file": 100}})
+    layout = StorageLayout(settings.home).ensure()
+    compiled = []
+    for batch_id, seed in enumerate((1, 2, 3)):
+        generate_stream(layout, settings.params.generate, seed=seed, files=2, bad_fraction=0.1,
+                        event_types=settings.params.base.event_types)
+        before = codegen_compilations(spark)
+        summary = run_features(settings, now_epoch_s=2_000_000_000)
+        compiled.append(codegen_compilations(spark) - before)
+        assert summary["batch_ids"] == [batch_id] and summary["quarantined"] > 0
+    # The second batch is the first with state to read (its plans differ from the first's); the third has its shape.
+    assert compiled[2] <= 20, compiled
