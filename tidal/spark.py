@@ -19,11 +19,13 @@ import sys
 from tidal.config import Settings
 
 
-# How many compiled classes of generated code Spark keeps (an LRU keyed by the code; a static setting, read when the
-# JVM starts). Spark's default, 100, is below what one features micro-batch compiles (about 180 distinct classes), so
-# on a session that runs batch after batch (the stack's Connect server, a test session) each batch evicted the
-# previous one's classes and compiled all of them again, and the JIT then compiled the new classes once more:
-# benchmarks/features/codegen_cache.py. 1,000 holds several batches' worth plus the other jobs' plans.
+# How many compiled classes of generated code Spark keeps (an LRU keyed by the code and the session's class loader; a
+# static setting, read when the JVM starts). Spark's default, 100, is below what one features micro-batch compiles
+# (about 180 distinct classes), so a session running batch after batch (a catch-up run's micro-batches in one query on
+# the stack's Connect server, a test session) evicted each batch's classes before the next batch needed them and
+# compiled all of them again, and the JIT then compiled the new classes once more: benchmarks/features/codegen_cache.py.
+# 1,000 holds several batches' worth plus the other jobs' plans. (Across tasks on the Connect server nothing is reused
+# whatever the size: each task's streaming query runs in a session of its own, with its own class loader.)
 CODEGEN_CACHE_ENTRIES = 1000
 
 
