@@ -5,7 +5,9 @@ Not a test. Run (from the repo root):
 
 Spark compiles each query stage's generated Java code and keeps the classes in an LRU of
 `spark.sql.codegen.cache.maxEntries` (default 100). A features micro-batch compiles about 180, so on a session that
-runs one batch after another (the stack's Spark Connect server) the cache never hits. This runs the same sequence of
+runs one batch after another (a test session; a catch-up task's batches on the stack's Spark Connect server) the
+cache never hits. (Across tasks on the Connect server nothing is reused at any size: each task's query has a session
+and class loader of its own.) This runs the same sequence of
 batches in two fresh processes per round, one with Spark's default and one with `tidal.spark.CODEGEN_CACHE_ENTRIES`
 (a static setting, so each needs its own JVM), alternating, `--rounds` times: one TIDAL_HOME per process, `--events`
 events landed before each pass (5 files), `--passes` `run_features` passes, so batch ids and state grow as on the
@@ -34,9 +36,8 @@ SPARK_DEFAULT_ENTRIES = 100
 WARM_UP_PASSES = 2
 
 
-def jvm_cpu_s(spark) -> float:
+def jvm_cpu_s(pid: int) -> float:
     """The driver JVM's user + system CPU seconds so far (local mode: the executors are its threads)."""
-    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -58,17 +59,19 @@ def run_passes(entries: int, passes: int, events: int) -> list[dict]:
     layout = StorageLayout(settings.home).ensure()
     spark = tidal.spark.spark_for(settings)
     assert spark.conf.get("spark.sql.codegen.cache.maxEntries") == str(entries)
-    compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    jvm = spark.sparkContext._jvm
+    jvm_pid = jvm.java.lang.ProcessHandle.current().pid()
+    compilations = jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     rows = []
     for index in range(passes):
         generate_stream(layout, settings.params.generate, seed=index + 1, files=5, bad_fraction=0.01,
                         event_types=settings.params.base.event_types)
-        compiled_before, cpu_before, started = compilations.getCount(), jvm_cpu_s(spark), time.monotonic()
+        compiled_before, cpu_before, started = compilations.getCount(), jvm_cpu_s(jvm_pid), time.monotonic()
         summary = run_features(settings)
         rows.append({"pass": index, "batch_ids": summary["batch_ids"], "landed": summary["landed"],
                      "wall_s": round(time.monotonic() - started, 2),
                      "classes_compiled": compilations.getCount() - compiled_before,
-                     "jvm_cpu_s": round(jvm_cpu_s(spark) - cpu_before, 2)})
+                     "jvm_cpu_s": round(jvm_cpu_s(jvm_pid) - cpu_before, 2)})
     spark.stop()
     return rows
 
