@@ -35,8 +35,8 @@ def codegen_compilations(spark) -> int:
 def test_a_long_lived_session_compiles_a_features_batch_once_not_per_batch(spark, tidal_env):
     """A micro-batch compiles more classes than Spark keeps by default (100), so without tidal.spark's cache size a
     session running batch after batch (this test session; a catch-up run's batches on the stack's warm server)
-    compiled every one of them again per batch. With it, a batch of the same shape reuses them: only the stages
-    holding the batch's own id as a constant are new."""
+    compiled every one of them again per batch. With it, a batch of the same shape reuses them and compiles only a
+    few (the stages holding the batch's own id as a constant, Spark inlining numeric literals)."""
     from devtools.generate import generate_stream
     from jobs.features.stream import run_features
     from tidal.spark import CODEGEN_CACHE_ENTRIES
