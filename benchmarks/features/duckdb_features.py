@@ -130,15 +130,15 @@ def landing_texts_sql(paths: list[Path]) -> str:
 
 def landing_lines_sql(texts_table: str) -> str:
     """(source_file, text) -> source_file, line_number, line, file_reason, as `jobs.features.transforms.landing_lines`:
-    split on \\r?\\n, number every line from 1, keep the non-blank ones; a blank file gives one row (line 0, NULL
-    line, 'empty_file')."""
+    split on \\n, drop one \\r from each line's end, number every line from 1, keep the non-blank ones; a blank file
+    gives one row (line 0, NULL line, 'empty_file')."""
     return f"""
     WITH files AS (SELECT source_file, text, {blank_sql('text')} AS is_blank FROM {texts_table} WHERE text IS NOT NULL),
     split AS (SELECT source_file, string_split(text, chr(10)) AS parts FROM files WHERE NOT is_blank),
     numbered AS (SELECT source_file, CAST(generate_subscripts(parts, 1) AS INTEGER) AS line_number,
                         unnest(parts) AS part FROM split)
     SELECT source_file, line_number,
-           -- split on \\n then drop one \\r before it: the same lines as Spark's split on \\r?\\n
+           -- split on \\n then drop one \\r from the end: the same lines as Spark's landing_lines
            CASE WHEN suffix(part, chr(13)) THEN part[:-2] ELSE part END AS line,
            CAST(NULL AS VARCHAR) AS file_reason
     FROM numbered WHERE NOT {blank_sql('part')}

@@ -187,9 +187,25 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     examples = item_window_popularity(examples, buckets, fp.popularity_bucket_s, fp.popularity_windows_s)
     items_csv = layout.landing_items / "items.csv"
     if items_csv.exists():
-        examples = item_content_features(examples, spark.read.option("header", True).csv(str(items_csv)))
+        examples = item_content_features(examples, read_items_csv(spark, items_csv))
     examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
     buckets.unpersist()
+
+
+def read_items_csv(spark, path: Path):
+    """The item catalogue, every column a string, named by its header. The header is read here, not by Spark: a
+    CSV read with `header` and no schema runs one Spark job to take the names from the first line, a fixed cost
+    on every micro-batch. A header Spark would rename (an empty or repeated name) is left to Spark."""
+    import csv
+
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    reader = spark.read.option("header", True)
+    if header and all(header) and len(set(header)) == len(header):
+        reader = reader.schema(StructType([StructField(name, StringType()) for name in header]))
+    return reader.csv(str(path))
 
 
 def write_online_state(spark, training, batch_id: int, layout: StorageLayout, settings: Settings,

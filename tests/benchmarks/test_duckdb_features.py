@@ -90,6 +90,8 @@ def both_runs(spark, tmp_path_factory):
         (landing / "events-000902.jsonl").write_bytes(b" \n\t\n")
         (landing / "events-000903.jsonl").write_bytes(record("utf8-ok").encode() + b"\n"
                                                       + record("utf8-bad").encode()[:-3] + b'\xff"}\n')
+        # A last line that ends in a lone \r (no \n): both drop it, so the quarantined raw records agree.
+        (landing / "events-000904.jsonl").write_bytes(record("cr-ok").encode() + b"\n" + b'{"event_id": "cr-cut"\r')
         spark_summary = run_features(settings, now_epoch_s=NOW)
         duck = StorageLayout(tmp / "duck")
         duck_manifest = ddb.run_batch(layout.landing_events, layout.landing_items / "items.csv", duck,

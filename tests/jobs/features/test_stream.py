@@ -135,6 +135,14 @@ def test_landing_lines_splits_lines_and_skips_blank_ones(spark):
     assert [(r.line_number, r.line, r.file_reason) for r in rows] == [(1, '{"a": 1}', None), (4, '{"b": 2}', None)]
 
 
+def test_landing_lines_drop_one_carriage_return_per_line_and_keep_the_others(spark):
+    # CRLF lines, a CR in the middle of a line, a doubled CR before the LF, and a last line ending in a lone CR.
+    content = b'{"a": 1}\r\n{"b": "x\ry"}\r\n{"c": 3}\r\r\n\r\n{"d": 4}\r'
+    rows = landing_lines(files_frame(spark, {"crlf": content})).orderBy("line_number").collect()
+    assert [(r.line_number, r.line) for r in rows] == [
+        (1, '{"a": 1}'), (2, '{"b": "x\ry"}'), (3, '{"c": 3}\r'), (5, '{"d": 4}')]
+
+
 def test_invalid_utf8_marks_only_the_line_with_bad_bytes(spark):
     content = line(event_id="ok1") + b"\n" + b'{"event_id": "\xc3\x28"}' + b"\n" + line(event_id="ok2") + b"\n"
     rows = classify_events(landing_lines(files_frame(spark, {"utf8": content})), RULES).orderBy("line_number").collect()
@@ -357,3 +365,26 @@ def F_to_ts(name):
     from pyspark.sql import functions as F
 
     return F.to_timestamp(F.col(name))
+
+
+def test_items_csv_is_read_by_its_header_without_a_spark_job(spark, tmp_path):
+    from jobs.features.stream import read_items_csv
+
+    path = tmp_path / "items.csv"
+    path.write_text('title,item_id,categories\n"Heat, the film",i1,Action|Crime\nUp,i2,Animation\n')
+
+    def jobs_run_by(build) -> tuple[int, list]:
+        spark.sparkContext.setJobGroup("items-csv", "items.csv read")
+        try:
+            frame = build()
+        finally:
+            spark.sparkContext.setJobGroup("after", "")
+        return len(spark.sparkContext.statusTracker().getJobIdsForGroup("items-csv")), frame
+
+    jobs, frame = jobs_run_by(lambda: read_items_csv(spark, path))
+    assert jobs == 0
+    assert frame.columns == ["title", "item_id", "categories"]
+    assert sorted(tuple(r) for r in frame.collect()) == [("Heat, the film", "i1", "Action|Crime"),
+                                                          ("Up", "i2", "Animation")]
+    # What the header option alone costs: one job to read the names, on every micro-batch.
+    assert jobs_run_by(lambda: spark.read.option("header", True).csv(str(path)))[0] == 1
