@@ -9,7 +9,11 @@ k files of the largest stream are the smaller sizes' input: they are hard-linked
 size, each in a fresh process so neither engine inherits the other's memory or JIT warm-up:
   1. Spark: session start (JVM + one trivial job) timed apart from the work, then one `run_features` pass over all
      the files as one micro-batch (max_files_per_trigger = the file count);
-  2. DuckDB: `duckdb_features.run_batch` over the same files (threads = the Spark master's cores).
+  2. DuckDB: `duckdb_features.run_batch` over the same files (threads = the Spark master's cores);
+  3. with `--warm-server`, also Spark as the stack runs it: the same pass as a task on a private Spark Connect server
+     (`scripts/stack.sh up spark`, same master and heap) that has already run one warm-up task of one file, so its
+     JIT is warm as on a long-lived stack. Spark Connect compiles each task's generated code afresh (it keys the
+     code cache by the session's class loader), as it does for every cycle's task.
 Events/s = landed records / seconds of work; ratio = DuckDB events/s / Spark events/s. The two runs' counts are
 compared (a throughput number for different work would be meaningless). The 1-minute load average is sampled
 through each run, since the 2 cores are shared. Results go to throughput.json next to this file and a section is
@@ -72,9 +76,15 @@ class LoadSampler:
 
 # ---- the two passes (each runs in its own process) ------------------------------------------------------------
 
-def spark_pass(home: Path, overrides: dict[str, Any], now_epoch_s: float) -> dict[str, Any]:
-    """Spark session start, then one run_features pass over everything under home/landing."""
+def spark_pass(home: Path, overrides: dict[str, Any], now_epoch_s: float, remote: str | None = None) -> dict[str, Any]:
+    """Spark session start, then one run_features pass over everything under home/landing; on the Spark Connect
+    server at `remote` when given (the stack's warm Spark), else on a local JVM started here."""
     os.environ["TIDAL_HOME"] = str(home)
+    os.environ.pop("SPARK_REMOTE", None)
+    if remote:
+        os.environ["TIDAL_SPARK_REMOTE"] = remote
+    else:
+        os.environ.pop("TIDAL_SPARK_REMOTE", None)
     import psutil
 
     from jobs.features.stream import run_features
@@ -177,6 +187,45 @@ def link_landing(source: Path, home: Path, files: int) -> Path:
     return home
 
 
+@dataclass
+class WarmServer:
+    """A private Spark Connect server started by scripts/stack.sh, as the stack keeps one warm for its tasks."""
+
+    stack_dir: Path
+    port: int
+    start_s: float
+    warm_up_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"sc://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, workdir: Path, master: str, driver_memory: str) -> "WarmServer":
+        import yaml
+        from warm_spark import free_port, stack  # this folder is on sys.path: the script runs from here
+
+        params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+        params["features"].update(spark_master=master, spark_driver_memory=driver_memory)
+        params_path = workdir / "server-params.yaml"
+        params_path.write_text(yaml.safe_dump(params))
+        server = cls(workdir / "stack", free_port(), 0.0)
+        started = time.monotonic()
+        up = stack(server.stack_dir, server.port, "up", "spark", params=params_path)
+        server.start_s = time.monotonic() - started
+        if up.returncode != 0:
+            stack(server.stack_dir, server.port, "down")
+            raise SystemExit(f"scripts/stack.sh up spark failed:\n{up.stderr[-3000:]}")
+        return server
+
+    def stop(self) -> None:
+        from warm_spark import stack
+
+        down = stack(self.stack_dir, self.port, "down")
+        if down.returncode != 0:
+            print(f"[throughput] scripts/stack.sh down failed:\n{down.stderr[-2000:]}", file=sys.stderr)
+
+
 def master_cores(master: str) -> int:
     match = re.fullmatch(r"local\[(\d+)\]", master)
     return int(match.group(1)) if match else (os.cpu_count() or 1)
@@ -185,18 +234,27 @@ def master_cores(master: str) -> int:
 # ---- report --------------------------------------------------------------------------------------------------
 
 def results_table(rows: list[dict[str, Any]]) -> str:
+    warm = any("spark_warm" in r for r in rows)
     lines = ["| events | Spark start s | Spark s | Spark events/s | DuckDB s | DuckDB events/s "
-             "| ratio (DuckDB / Spark) | counts agree |", "|---|---|---|---|---|---|---|---|"]
+             "| ratio (DuckDB / Spark) | counts agree |"
+             + (" warm server: Spark s | events/s | ratio |" if warm else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if warm else "")]
     for r in rows:
         spark, duck = r["spark"], r["duckdb"]
 
         def cell(side: dict[str, Any], key: str, fmt: str) -> str:
             return format(side[key], fmt) if key in side else f"failed: {side.get('error', '?')}"[:80]
 
-        lines.append(f"| {r['events']:,} | {cell(spark, 'start_s', '.1f')} | {cell(spark, 'work_s', '.1f')} | "
-                     f"{cell(spark, 'events_per_s', ',.0f')} | {cell(duck, 'work_s', '.1f')} | "
-                     f"{cell(duck, 'events_per_s', ',.0f')} | "
-                     f"{format(r['ratio'], '.1f') + 'x' if r.get('ratio') else 'n/a'} | {r['counts_agree']} |")
+        def ratio(key: str) -> str:
+            return format(r[key], '.1f') + 'x' if r.get(key) else 'n/a'
+
+        line = (f"| {r['events']:,} | {cell(spark, 'start_s', '.1f')} | {cell(spark, 'work_s', '.1f')} | "
+                f"{cell(spark, 'events_per_s', ',.0f')} | {cell(duck, 'work_s', '.1f')} | "
+                f"{cell(duck, 'events_per_s', ',.0f')} | {ratio('ratio')} | {r['counts_agree']} |")
+        if warm:
+            side = r.get("spark_warm", {})
+            line += f" {cell(side, 'work_s', '.1f')} | {cell(side, 'events_per_s', ',.0f')} | {ratio('ratio_warm')} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -229,12 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir, removed at the end")
     parser.add_argument("--no-record", action="store_true", help="do not write throughput.json or RESULTS.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here (benchmarks/run.py reads it)")
+    parser.add_argument("--warm-server", action="store_true",
+                        help="also run Spark as the stack runs it: each size as a task on a Spark Connect server "
+                             "(scripts/stack.sh, same master and heap) that has already run one warm-up task")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PAYLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:  # one pass, in a fresh process: print its JSON result as the last line
         kind, payload = args.child[0], json.loads(args.child[1])
-        result = (spark_pass(Path(payload["home"]), payload["overrides"], payload["now"]) if kind == "spark" else
+        result = (spark_pass(Path(payload["home"]), payload["overrides"], payload["now"], payload.get("remote"))
+                  if kind.startswith("spark") else
                   duckdb_pass(Path(payload["home"]), Path(payload["out"]), payload["overrides"], payload["now"],
                               payload["threads"], payload["memory_limit"]))
         print(json.dumps(result), flush=True)
@@ -248,20 +310,32 @@ def main(argv: list[str] | None = None) -> int:
     threads = master_cores(args.master)
     rows: list[dict[str, Any]] = []
     load = LoadSampler()
+    server = None
     try:
         with load:
             print(f"[throughput] generating {sizes[-1]:,} events into {workdir}", file=sys.stderr, flush=True)
             generated = generate_landing(workdir / "source", sizes[-1], args.events_per_file, args.seed)
             print(f"[throughput] generated {generated}", file=sys.stderr, flush=True)
+            kinds = ("spark", "duckdb")
+            if args.warm_server:
+                server = WarmServer.start(workdir, args.master, args.driver_memory)
+                warm_up = link_landing(workdir / "source", workdir / "warm-up", 1)
+                server.warm_up_s = run_in_child("spark", {"home": str(warm_up), "overrides": {}, "now": NOW_EPOCH_S,
+                                                          "remote": server.url}, args.timeout_s,
+                                                workdir / "warm-up.log").get("work_s")
+                print(f"[throughput] Spark Connect server up in {server.start_s:.1f} s, warm-up task "
+                      f"{server.warm_up_s} s", file=sys.stderr, flush=True)
+                kinds = ("spark", "spark_warm", "duckdb")
             for events in sizes:
                 files = events // args.events_per_file
                 overrides = {"features": {"spark_master": args.master, "spark_driver_memory": args.driver_memory,
                                           "max_files_per_trigger": args.max_files_per_trigger or files}}
                 row: dict[str, Any] = {"events": events, "files": files}
-                for kind in ("spark", "duckdb"):
+                for kind in kinds:
                     home = link_landing(workdir / "source", workdir / f"{kind}-{events}", files)
                     payload = {"home": str(home), "out": str(workdir / f"{kind}-{events}-out"), "overrides": overrides,
-                               "now": NOW_EPOCH_S, "threads": threads, "memory_limit": args.duckdb_memory_limit}
+                               "now": NOW_EPOCH_S, "threads": threads, "memory_limit": args.duckdb_memory_limit,
+                               "remote": server.url if kind == "spark_warm" else None}
                     print(f"[throughput] {kind} on {events:,} events ...", file=sys.stderr, flush=True)
                     with LoadSampler() as pass_load:
                         result = run_in_child(kind, payload, args.timeout_s, workdir / f"{kind}-{events}.log")
@@ -274,12 +348,16 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(home, ignore_errors=True)
                     shutil.rmtree(workdir / f"{kind}-{events}-out", ignore_errors=True)
                 spark, duck = row["spark"], row["duckdb"]
-                row["counts_agree"] = (all(spark.get(k) == duck.get(k) for k in COUNT_KEYS)
-                                       if "work_s" in spark and "work_s" in duck else "n/a")
+                row["counts_agree"] = (all(row[kind].get(k) == duck.get(k) for k in COUNT_KEYS for kind in kinds)
+                                       if all("work_s" in row[kind] for kind in kinds) else "n/a")
                 if "events_per_s" in spark and "events_per_s" in duck:
                     row["ratio"] = duck["events_per_s"] / spark["events_per_s"]
+                if "events_per_s" in row.get("spark_warm", {}) and "events_per_s" in duck:
+                    row["ratio_warm"] = duck["events_per_s"] / row["spark_warm"]["events_per_s"]
                 rows.append(row)
     finally:
+        if server is not None:
+            server.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -40,9 +40,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stack(stack_dir: Path, port: int, *args: str) -> subprocess.CompletedProcess:
+def stack(stack_dir: Path, port: int, *args: str, params: Path | None = None) -> subprocess.CompletedProcess:
+    """scripts/stack.sh on a private stack folder and Spark port; `params` (a params.yaml) sets the server's master
+    and heap (features.spark_master, features.spark_driver_memory)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDAL_", "AIRFLOW_"))}
     env.update(TIDAL_STACK_DIR=str(stack_dir), TIDAL_SPARK_PORT=str(port), TIDAL_VENV_BIN=str(Path(sys.executable).parent))
+    if params is not None:
+        env["TIDAL_PARAMS"] = str(params)
     return subprocess.run([str(STACK), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
