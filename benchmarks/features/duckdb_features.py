@@ -316,7 +316,7 @@ def flagged_items_sql(accepted_table: str, users_table: str, min_events: int) ->
 def entity_state_sql(training_table: str, half_life_s: float) -> str:
     """The state snapshot an empty state plus this batch gives (`update_entity_state`): per key (user, item, user x
     event type, joined with U+0001 as in jobs.features.state.SEP) the newest event time and the decayed count at it,
-    sum of 2^(-(last - t) / half_life)."""
+    sum of 2^(-(last - t) / half_life), and the key's events in the batch."""
     rate = LN2 / half_life_s
     return f"""
     WITH keyed AS (
@@ -324,7 +324,8 @@ def entity_state_sql(training_table: str, half_life_s: float) -> str:
         UNION ALL SELECT 'item' || chr(1) || item_id, t FROM {training_table}
         UNION ALL SELECT 'type' || chr(1) || user_id || chr(1) || event_type, t FROM {training_table}),
     last AS (SELECT key, max(t) AS last_event_s FROM keyed GROUP BY key)
-    SELECT key, sum(exp(-{rate!r} * (last_event_s - t))) AS decayed_count, any_value(last_event_s) AS last_event_s
+    SELECT key, sum(exp(-{rate!r} * (last_event_s - t))) AS decayed_count, any_value(last_event_s) AS last_event_s,
+           count(*) AS batch_events
     FROM keyed JOIN last USING (key) GROUP BY key
     """
 

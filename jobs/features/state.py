@@ -7,6 +7,8 @@ previous one, so state is updated incrementally and never recomputed over all hi
 - Decayed counts: count(t) = count(t0) * 2^(-(t - t0) / half_life) + sum over new events e of
   2^(-(t - t_e) / half_life), with t = the newest event time of the entity. Per user and per item.
 - Recency: the entity's last event time (seconds since it is part of each example: `user_recency_s`).
+- Batch counts: the entity's events in the batch that wrote the snapshot (`user_batch_events`, `item_batch_events`
+  of that batch's examples).
 - Event-type mix: the user's decayed count per event type, as shares.
 
 - Item popularity over sliding windows: per (item, time bucket of `features.popularity_bucket_s`) event counts,
@@ -34,7 +36,9 @@ import math
 
 
 DEDUPE_STATE_SCHEMA = "event_id string, event_time timestamp"
-ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double"
+# batch_events: the entity's events in the batch that wrote the snapshot (0 if none); its examples' batch counts.
+# A snapshot written before the column existed reads it as null, and the next batch writes it.
+ENTITY_STATE_SCHEMA = "key string, decayed_count double, last_event_s double, batch_events long"
 ITEM_BUCKET_STATE_SCHEMA = "item_id string, bucket long, events long"
 USER_RECENT_STATE_SCHEMA = "user_id string, item_id string, event_s double"
 SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids are JSON strings, control chars aside)
@@ -107,7 +111,8 @@ def outlier_items(events_df, from_flagged_user, min_events: int):
 
 
 def update_decayed_state(state_df, events_df, key: str, half_life_s: float):
-    """Entity state (key, decayed_count, last_event_s) + this batch's events -> the new state for every entity.
+    """Entity state (key, decayed_count, last_event_s, batch_events) + this batch's events -> the new state for every
+    entity, with batch_events = its events in this batch (0 for the others).
 
     Each batch only touches the entities it saw; the others keep their row (their decay is applied when read,
     relative to the reader's time, so an idle entity costs nothing per batch)."""
@@ -116,12 +121,14 @@ def update_decayed_state(state_df, events_df, key: str, half_life_s: float):
     rate = LN2 / half_life_s
     t = F.col("event_time").cast("double")
     batch = events_df.select(F.col(key).alias("key"), t.alias("t")) \
-        .groupBy("key").agg(F.max("t").alias("batch_last"), F.collect_list("t").alias("ts"))
-    merged = state_df.join(batch, "key", "full_outer")
+        .groupBy("key").agg(F.max("t").alias("batch_last"), F.collect_list("t").alias("ts"),
+                            F.count("*").alias("_batch_events"))
+    merged = state_df.drop("batch_events").join(batch, "key", "full_outer")
     last = F.greatest(F.coalesce("last_event_s", "batch_last"), F.coalesce("batch_last", "last_event_s"))
     old = F.coalesce(F.col("decayed_count"), F.lit(0.0)) * F.exp(-rate * (last - F.coalesce("last_event_s", last)))
     new = F.coalesce(F.aggregate("ts", F.lit(0.0), lambda acc, x: acc + F.exp(-rate * (last - x))), F.lit(0.0))
-    return merged.select("key", (old + new).alias("decayed_count"), last.alias("last_event_s"))
+    return merged.select("key", (old + new).alias("decayed_count"), last.alias("last_event_s"),
+                         F.coalesce("_batch_events", F.lit(0)).alias("batch_events"))
 
 
 def state_keys(events_df):
@@ -143,21 +150,25 @@ def update_entity_state(state_df, events_df, half_life_s: float):
 
 
 def entity_features(examples_df, state_df, half_life_s: float, event_types: tuple[str, ...]):
-    """Each example joined with the state as of the end of its batch: user and item decayed counts (decayed to the
-    example's own time), recency (seconds from the example to the entity's latest event, >= 0: 0 for the entity's
-    newest event) and the user's event-type shares."""
+    """Each example joined with the state as of the end of its batch: the user's and the item's events in the batch
+    (`user_batch_events`, `item_batch_events`), their decayed counts (decayed to the example's own time), recency
+    (seconds from the example to the entity's latest event, >= 0: 0 for the entity's newest event) and the user's
+    event-type shares.
+
+    The batch counts come from the state, which the batch's own events updated, not from window functions over the
+    examples: the state joins are broadcast while the state is small, so the examples are never shuffled for them."""
     from pyspark.sql import functions as F
 
     rate = LN2 / half_life_s
     t = F.col("event_time").cast("double")
     parts = F.split("key", SEP)
     state = state_df.select(parts.getItem(0).alias("_kind"), parts.getItem(1).alias("_id"),
-                            parts.getItem(2).alias("_type"), "decayed_count", "last_event_s")
+                            parts.getItem(2).alias("_type"), "decayed_count", "last_event_s", "batch_events")
     out = examples_df
     for kind in ("user", "item"):
         side = state.filter(F.col("_kind") == kind).select(
             F.col("_id").alias(f"{kind}_id"), F.col("decayed_count").alias(f"_{kind}_c"),
-            F.col("last_event_s").alias(f"_{kind}_t"))
+            F.col("last_event_s").alias(f"_{kind}_t"), F.col("batch_events").alias(f"{kind}_batch_events"))
         out = out.join(side, f"{kind}_id", "left") \
             .withColumn(f"{kind}_decayed_count", F.col(f"_{kind}_c") * F.exp(-rate * (t - F.col(f"_{kind}_t")))) \
             .withColumn(f"{kind}_recency_s", F.greatest(F.col(f"_{kind}_t") - t, F.lit(0.0)))
@@ -207,23 +218,43 @@ def prune_item_buckets(state_df, bucket_s: int, keep_s: int):
             .drop("_newest"))
 
 
-def item_window_popularity(examples_df, bucket_state_df, bucket_s: int, windows_s: tuple[int, ...]):
-    """Examples + item bucket state -> the same with one `item_events_last_<w>s` column per window (0 when the item
-    has no events in it, which cannot happen for an example read against its own batch's state)."""
+def popularity_keys(events_df, bucket_s: int):
+    """Events -> the distinct (item_id, _bucket) pairs their examples read popularity windows for."""
+    from pyspark.sql import functions as F
+
+    return events_df.select("item_id", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long")
+                            .alias("_bucket")).distinct()
+
+
+def item_window_sums(keys_df, bucket_state_df, bucket_s: int, windows_s: tuple[int, ...]):
+    """(item_id, _bucket) keys + item bucket state -> per key one `item_events_last_<w>s` column per window: the
+    item's events in the buckets b with _bucket - w/bucket < b <= _bucket."""
+    from pyspark.sql import functions as F
+
+    buckets = bucket_state_df.select("item_id", F.col("bucket").alias("_b"), F.col("events").alias("_n"))
+    joined = keys_df.join(buckets, "item_id").filter(F.col("_b") <= F.col("_bucket"))
+    return joined.groupBy("item_id", "_bucket").agg(*[
+        F.sum(F.when(F.col("_b") > F.col("_bucket") - w // bucket_s, F.col("_n")).otherwise(0)).alias(popularity_column(w))
+        for w in windows_s])
+
+
+def join_window_popularity(examples_df, sums_df, bucket_s: int, windows_s: tuple[int, ...]):
+    """Examples + `item_window_sums` -> the examples with their windows' counts (0 where the item has no events
+    in a window, which cannot happen for an example read against its own batch's state)."""
     from pyspark.sql import functions as F
 
     with_bucket = examples_df.withColumn(
         "_bucket", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long"))
-    keys = with_bucket.select("item_id", "_bucket").distinct()
-    buckets = bucket_state_df.select("item_id", F.col("bucket").alias("_b"), F.col("events").alias("_n"))
-    joined = keys.join(buckets, "item_id").filter(F.col("_b") <= F.col("_bucket"))
-    sums = joined.groupBy("item_id", "_bucket").agg(*[
-        F.sum(F.when(F.col("_b") > F.col("_bucket") - w // bucket_s, F.col("_n")).otherwise(0)).alias(popularity_column(w))
-        for w in windows_s])
-    out = with_bucket.join(sums, ["item_id", "_bucket"], "left")
+    out = with_bucket.join(sums_df, ["item_id", "_bucket"], "left")
     for w in windows_s:
         out = out.withColumn(popularity_column(w), F.coalesce(F.col(popularity_column(w)), F.lit(0)).cast("long"))
     return out.drop("_bucket")
+
+
+def item_window_popularity(examples_df, bucket_state_df, bucket_s: int, windows_s: tuple[int, ...]):
+    """Examples + item bucket state -> the same with one `item_events_last_<w>s` column per window."""
+    sums = item_window_sums(popularity_keys(examples_df, bucket_s), bucket_state_df, bucket_s, windows_s)
+    return join_window_popularity(examples_df, sums, bucket_s, windows_s)
 
 
 def update_user_recent(state_df, events_df, cap: int):

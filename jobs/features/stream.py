@@ -29,10 +29,10 @@ from jobs.features.compact import compact_bronze
 from jobs.features.online import publish_batch
 from jobs.features.state import (DEDUPE_STATE_SCHEMA, ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA,
                                  USER_RECENT_STATE_SCHEMA, entity_features, flag_outliers, item_content_features,
-                                 item_window_popularity, outlier_items, prune_item_buckets, update_entity_state,
-                                 update_item_buckets, update_user_recent)
-from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, landing_lines, parquet_lines,
-                                      training_examples)
+                                 item_window_sums, join_window_popularity, outlier_items, popularity_keys,
+                                 prune_item_buckets, update_entity_state, update_item_buckets, update_user_recent)
+from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, example_columns,
+                                      landing_lines, parquet_lines)
 from tidal.config import Settings, load_settings
 from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest, latest_manifest_before,
                              manifest_batch_ids, read_batch_manifests, summarize_batches)
@@ -180,15 +180,23 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
                                                 ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
     prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
         .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
-    examples = entity_features(training_examples(training, fp.event_type_weights),
+    # Every join below is with a small side when the batch's entities and items are few, so the examples go from the
+    # cached batch to the written files without a shuffle. The written state has its real size on disk, which
+    # Spark's planner reads; the window sums are materialized first for the same reason (its estimate of an
+    # aggregate is its input's size, so it would shuffle every example to join them).
+    examples = entity_features(example_columns(training, fp.event_type_weights),
                                read_snapshot(spark, state_path, ENTITY_STATE_SCHEMA), fp.half_life_s,
                                settings.params.base.event_types)
     # The merged, unpruned state: an accepted event older than the pruning horizon still gets its full windows.
-    examples = item_window_popularity(examples, buckets, fp.popularity_bucket_s, fp.popularity_windows_s)
+    sums = item_window_sums(popularity_keys(training, fp.popularity_bucket_s), buckets, fp.popularity_bucket_s,
+                            fp.popularity_windows_s).persist()
+    sums.count()
+    examples = join_window_popularity(examples, sums, fp.popularity_bucket_s, fp.popularity_windows_s)
     items_csv = layout.landing_items / "items.csv"
     if items_csv.exists():
         examples = item_content_features(examples, read_items_csv(spark, items_csv))
     examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
+    sums.unpersist()
     buckets.unpersist()
 
 

@@ -15,10 +15,6 @@ from typing import Any
 REQUIRED_STRING_FIELDS = ("event_id", "user_id", "item_id", "event_type")
 
 
-EXAMPLE_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "event_time", "timestamp",
-                   "event_weight", "hour_of_day", "user_batch_events", "item_batch_events")
-
-
 @dataclass(frozen=True)
 class EventRules:
     """The event contract's rules, as parameters of the pure classification function."""
@@ -211,23 +207,38 @@ def has_trailing_content(line):
         skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule))
 
 
-def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
-    """Accepted events -> one training example per event with its numeric features (the drift test reads these).
+EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "event_time")
 
-    The per-batch counts are over the whole input frame, or per value of `window_keys` (to compute many windows in
-    one pass, e.g. one per landing file)."""
-    from pyspark.sql import Window
+
+def example_columns(accepted_df, event_type_weights: dict[str, float], keep: tuple[str, ...] = ()):
+    """Accepted events -> one row per event with the example's own columns (those that need no other event), and
+    the input columns named in `keep`."""
     from pyspark.sql import functions as F
 
     weight_map = F.create_map(*[x for t, w in sorted(event_type_weights.items()) for x in (F.lit(t), F.lit(float(w)))])
     return accepted_df.select(
-        "event_id", "user_id", "item_id", "event_type", "value", "event_time",
+        *EVENT_COLUMNS,
         F.col("event_time").cast("double").alias("timestamp"),
         F.coalesce(weight_map[F.col("event_type")], F.lit(1.0)).alias("event_weight"),
         F.hour("event_time").alias("hour_of_day"),
+        *[k for k in keep if k not in EVENT_COLUMNS],
+    )
+
+
+def training_examples(accepted_df, event_type_weights: dict[str, float], window_keys: tuple[str, ...] = ()):
+    """Accepted events -> one training example per event with its numeric features (the drift test reads these).
+
+    The per-batch counts are over the whole input frame, or per value of `window_keys` (to compute many windows in
+    one pass, e.g. one per landing file). The features job takes its counts from the entity state instead
+    (`jobs.features.state.entity_features`): two window functions are two shuffles of every example."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    return example_columns(accepted_df, event_type_weights, keep=window_keys).select(
+        "*",
         F.count("*").over(Window.partitionBy(*window_keys, "user_id")).alias("user_batch_events"),
         F.count("*").over(Window.partitionBy(*window_keys, "item_id")).alias("item_batch_events"),
-    )
+    ).drop(*[k for k in window_keys if k not in EVENT_COLUMNS])
 
 
 def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):

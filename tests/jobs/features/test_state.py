@@ -38,6 +38,10 @@ def test_decayed_counts_update_incrementally_and_match_the_closed_form(spark):
     assert state2["type\u0001u1\u0001view"].decayed_count == pytest.approx(1.25)
     assert set(state2) == {"user\u0001u1", "item\u0001i1", "item\u0001i2", "type\u0001u1\u0001view",
                            "type\u0001u1\u0001click"}
+    # The events of the batch that wrote the snapshot: the second batch's one event, none for the rest.
+    assert {k: r.batch_events for k, r in state2.items()} == {
+        "user\u0001u1": 1, "item\u0001i1": 1, "item\u0001i2": 0, "type\u0001u1\u0001view": 1,
+        "type\u0001u1\u0001click": 0}
 
 
 def test_entity_features_give_decay_recency_and_type_mix(spark):
@@ -53,6 +57,9 @@ def test_entity_features_give_decay_recency_and_type_mix(spark):
     assert rows["e3"].item_decayed_count == pytest.approx(0.5 + 1 + 1)  # i1: 0, 10, 10 h
     assert (rows["e0"].user_share_view, rows["e0"].user_share_click) == (pytest.approx(1.5 / 2.5), pytest.approx(1 / 2.5))
     assert rows["e3"].user_share_purchase == 1.0 and rows["e3"].user_share_view == 0.0
+    # The batch counts, from the state the batch updated: u1 3 events, u2 1; i1 3, i2 1.
+    assert {e: (r.user_batch_events, r.item_batch_events) for e, r in rows.items()} == {
+        "e0": (3, 3), "e1": (3, 3), "e2": (3, 1), "e3": (1, 3)}
 
 
 @pytest.mark.parametrize(("users_per_count", "branch"), [

@@ -388,3 +388,19 @@ def test_items_csv_is_read_by_its_header_without_a_spark_job(spark, tmp_path):
                                                           ("Up", "i2", "Animation")]
     # What the header option alone costs: one job to read the names, on every micro-batch.
     assert jobs_run_by(lambda: spark.read.option("header", True).csv(str(path)))[0] == 1
+
+
+def test_an_entity_snapshot_written_before_batch_events_existed_is_read_and_carried_on(spark, tmp_path):
+    from jobs.features.state import ENTITY_STATE_SCHEMA, update_entity_state
+    from jobs.features.stream import read_snapshot
+
+    old = tmp_path / "batch_id=0"
+    spark.createDataFrame([("user\u0001u1", 2.0, NOW - 3600)], "key string, decayed_count double, last_event_s double") \
+        .write.parquet(str(old))
+    snapshot = read_snapshot(spark, old, ENTITY_STATE_SCHEMA)
+    assert [tuple(r) for r in snapshot.collect()] == [("user\u0001u1", 2.0, NOW - 3600, None)]
+    events = spark.createDataFrame([("u2", "i1", "view", datetime.fromtimestamp(NOW, tz=timezone.utc))],
+                                   "user_id string, item_id string, event_type string, event_time timestamp")
+    state = {r.key: r for r in update_entity_state(snapshot, events, 3600.0).collect()}
+    assert (state["user\u0001u1"].decayed_count, state["user\u0001u1"].batch_events) == (2.0, 0)
+    assert state["user\u0001u2"].batch_events == 1
