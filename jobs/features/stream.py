@@ -180,10 +180,12 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
                                                 ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
     prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
         .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
-    # Every join below is with a small side when the batch's entities and items are few, so the examples go from the
-    # cached batch to the written files without a shuffle. The written state has its real size on disk, which
-    # Spark's planner reads; the window sums are materialized first for the same reason (its estimate of an
-    # aggregate is its input's size, so it would shuffle every example to join them).
+    # Each join below has a side Spark broadcasts while it is under spark.sql.autoBroadcastJoinThreshold (10 MB by
+    # default): the entity state (every entity seen so far), the window sums (this batch's items and buckets), the
+    # catalogue. Then the examples go from the cached batch to their files without a shuffle; a larger side makes
+    # that join a shuffle join, as before. The planner reads the state's size from its files; the sums are
+    # materialized first for the same reason (it takes an aggregate to be as large as its input, so it would
+    # shuffle every example to join them).
     examples = entity_features(example_columns(training, fp.event_type_weights),
                                read_snapshot(spark, state_path, ENTITY_STATE_SCHEMA), fp.half_life_s,
                                settings.params.base.event_types)
