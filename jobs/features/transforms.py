@@ -2,7 +2,8 @@
 
 landing file rows -> lines (`landing_lines`, `parquet_lines`) -> records classified against the event contract
 (`classify_events`) -> deduplicated under the watermark (`dedupe_with_watermark`) -> training examples
-(`training_examples`).
+(`example_columns`; `training_examples` adds the batch counts by window functions, where the features job takes
+them from the entity state).
 """
 
 from __future__ import annotations
