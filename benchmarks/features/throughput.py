@@ -320,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.warm_server:
                 server = WarmServer.start(workdir, args.master, args.driver_memory)
                 warm_up = link_landing(workdir / "source", workdir / "warm-up", 1)
-                server.warm_up_s = run_in_child("spark", {"home": str(warm_up), "overrides": {}, "now": NOW_EPOCH_S,
-                                                          "remote": server.url}, args.timeout_s,
-                                                workdir / "warm-up.log").get("work_s")
+                warmed = run_in_child("spark", {"home": str(warm_up), "overrides": {}, "now": NOW_EPOCH_S,
+                                                "remote": server.url}, args.timeout_s, workdir / "warm-up.log")
+                if "work_s" not in warmed:  # the warm figures would silently be a cold server's
+                    raise SystemExit(f"the warm-up task on the Spark Connect server failed: {warmed.get('error')}")
+                server.warm_up_s = warmed["work_s"]
                 print(f"[throughput] Spark Connect server up in {server.start_s:.1f} s, warm-up task "
                       f"{server.warm_up_s} s", file=sys.stderr, flush=True)
                 kinds = ("spark", "spark_warm", "duckdb")

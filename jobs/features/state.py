@@ -197,13 +197,19 @@ def popularity_column(window_s: int) -> str:
     return f"item_events_last_{window_s}s"
 
 
+def time_bucket(bucket_s: int):
+    """An event's popularity bucket: floor(event_time / bucket_s), as a long column."""
+    from pyspark.sql import functions as F
+
+    return F.floor(F.col("event_time").cast("double") / bucket_s).cast("long")
+
+
 def update_item_buckets(state_df, events_df, bucket_s: int):
     """Item bucket state (item_id, bucket, events) + this batch's events -> the merged state (counts add up per
     item and bucket). The batch's features read this, unpruned; `prune_item_buckets` bounds what is kept."""
     from pyspark.sql import functions as F
 
-    batch = events_df.groupBy("item_id", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long")
-                              .alias("bucket")).agg(F.count("*").alias("events"))
+    batch = events_df.groupBy("item_id", time_bucket(bucket_s).alias("bucket")).agg(F.count("*").alias("events"))
     return state_df.unionByName(batch).groupBy("item_id", "bucket").agg(F.sum("events").cast("long").alias("events"))
 
 
@@ -220,10 +226,7 @@ def prune_item_buckets(state_df, bucket_s: int, keep_s: int):
 
 def popularity_keys(events_df, bucket_s: int):
     """Events -> the distinct (item_id, _bucket) pairs their examples read popularity windows for."""
-    from pyspark.sql import functions as F
-
-    return events_df.select("item_id", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long")
-                            .alias("_bucket")).distinct()
+    return events_df.select("item_id", time_bucket(bucket_s).alias("_bucket")).distinct()
 
 
 def item_window_sums(keys_df, bucket_state_df, bucket_s: int, windows_s: tuple[int, ...]):
@@ -243,8 +246,7 @@ def join_window_popularity(examples_df, sums_df, bucket_s: int, windows_s: tuple
     in a window, which cannot happen for an example read against its own batch's state)."""
     from pyspark.sql import functions as F
 
-    with_bucket = examples_df.withColumn(
-        "_bucket", F.floor(F.col("event_time").cast("double") / bucket_s).cast("long"))
+    with_bucket = examples_df.withColumn("_bucket", time_bucket(bucket_s))
     out = with_bucket.join(sums_df, ["item_id", "_bucket"], "left")
     for w in windows_s:
         out = out.withColumn(popularity_column(w), F.coalesce(F.col(popularity_column(w)), F.lit(0)).cast("long"))
