@@ -163,7 +163,8 @@ def model_summary(slot: ModelSlot, online: OnlineFeatures, settings: Settings) -
             "servable_since": utc_iso(model.servable_at) if model else None,
             "known_users": len(model.candidates) if model else 0,
             "swaps": counters.swaps, "failed_loads": counters.failed_loads,
-            "last_refused": counters.last_refused, "history": counters.history[-10:],
+            "last_refused": counters.last_refused, "last_error": counters.last_error,
+            "history": counters.history[-10:],
             "online_store": {"url": settings.online_store.display_url, "degraded": online.degraded_reason,
                              "errors": online.errors}}
 

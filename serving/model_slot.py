@@ -180,9 +180,12 @@ class ModelSlot:
             print(f"[serve] refused {version_id}: {error}; still serving "
                   f"{self.current.version if self.current else 'nothing'}", flush=True)
             return
-        previous, self.current = self.current, candidate  # the swap: one reference assignment
+        previous = self.current
+        # Counted and logged before it becomes visible: whoever sees the new version on /readyz or /v1/model
+        # already finds its swap-log line and its count.
         self.counters.swaps += previous is not None
         self.record_swap(previous, candidate)
+        self.current = candidate  # the swap: one reference assignment
         del previous
         # The model's many long-lived objects would otherwise be traced by every full collection, a pause of
         # milliseconds in the middle of some request: collect once here (unfrozen, so the old model's cycles go
@@ -198,13 +201,20 @@ class ModelSlot:
                  "servable_at": utc_iso(served.servable_at), "load_s": round(served.load_s, 3)}
         self.counters.history = (self.counters.history + [entry])[-50:]
         print(f"[serve] serving {served.version} (was {entry['previous']}), loaded in {entry['load_s']} s", flush=True)
-        if self.swaps_log is not None:
+        if self.swaps_log is None:
+            return
+        try:
             self.swaps_log.parent.mkdir(parents=True, exist_ok=True)
             # One line per write with O_APPEND: a reader never sees half an entry.
             with open(self.swaps_log, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+        except OSError as error:
+            # The log is a record of swaps, not a gate on them: a full or read-only disk must not keep a verified
+            # model out of service. The failure is reported on /v1/model (last_error) and in the server's output.
+            self.counters.last_error = f"swap log {self.swaps_log} not written: {type(error).__name__}: {error}"
+            print(f"[serve] {self.counters.last_error}", flush=True)
 
 
 def utc_iso(epoch_s: float) -> str:

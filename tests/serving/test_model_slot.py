@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from serving.model_slot import ModelSlot
+from tidal.config import ServingParams
 from tidal.freshness import read_swaps
 from tests.serving.conftest import promote
 from tidal.registry import Registry
@@ -138,3 +140,35 @@ def test_a_version_with_non_finite_weights_is_refused(trained, serving_home, sta
     model = server.get("/v1/model").json()
     assert model["version"] == first and model["last_refused"] == {
         **model["last_refused"], "version": bad, "reason": f"{bad}: non-finite weights", "serving": first}
+
+
+def test_a_swap_is_logged_and_counted_before_it_becomes_visible(trained, serving_home):
+    """A reader who sees the new version (as /readyz does, through `current`) must already find its log line."""
+    log = serving_home / "serving" / "swaps.jsonl"
+    slot = ModelSlot(serving_home / "registry", ServingParams(), log)
+    first = promote(serving_home, trained.paths[0], "run-0", trained.newest[0], kind="full")
+    slot.check_alias()
+    second = promote(serving_home, trained.paths[1], "run-1", trained.newest[1])
+    seen_while_logging: list[str | None] = []
+    write_line = slot.record_swap
+
+    def record_and_look(previous, served):
+        write_line(previous, served)
+        seen_while_logging.append(slot.current.version if slot.current else None)
+
+    slot.record_swap = record_and_look
+    slot.check_alias()
+    assert seen_while_logging == [first]  # the line was written while `first` still served
+    assert slot.current.version == second and slot.counters.swaps == 1
+    assert [s["version"] for s in read_swaps(log)] == [first, second]
+
+
+def test_a_swap_log_that_cannot_be_written_does_not_keep_a_verified_model_out(trained, serving_home):
+    blocker = serving_home / "not-a-folder"
+    blocker.write_text("a file where the log's folder should be")
+    slot = ModelSlot(serving_home / "registry", ServingParams(), blocker / "swaps.jsonl")
+    first = promote(serving_home, trained.paths[0], "run-0", trained.newest[0], kind="full")
+    slot.check_alias()
+    assert slot.current.version == first and slot.counters.failed_loads == 0
+    assert slot.counters.last_error.startswith(f"swap log {blocker / 'swaps.jsonl'} not written: ")
+    assert [entry["version"] for entry in slot.counters.history] == [first]
