@@ -5,23 +5,48 @@ Not a test. Run (from the repo root):
 
 It generates `--lines` event lines (devtools.generate, serialised as its landing files are), caches them as the line rows
 `classify_events` reads (4 partitions on local[2]), then times one aggregation over every output column of:
-- `full`: `jobs.features.transforms.classify_events` as shipped;
-- `no_trailing_check`: the same with `has_trailing_content` replaced by false (what the check for a second JSON value
-  on a line costs; the check stays in the job: without it a glued second record would be dropped silently);
+- `full`: `jobs.features.transforms.classify_events` as shipped: one parse of `[<line>,"<md5 of the line>"]` gives
+  the record and whether anything followed it (`parse_with_end_marker`);
+- `regex_check`: the baseline, the same contract with the check shipped until 2026-12-04: a plain parse, then
+  possessive regexes over the line's skeleton for a second top-level value (`regex_has_trailing_content` below);
+- `no_trailing_check`: a plain parse and no check at all (what checking for a second JSON value costs; the check
+  stays in the job: without it a glued second record would be dropped silently);
 - `parse_only`: `try_parse_json` alone (the floor any variant-based classification pays).
-After one untimed warm-up, each variant runs `--reps` times; the best is reported with all runs, and the
-quarantined count, so a variant that changed the outcome shows. Prints one JSON object.
+After one untimed warm-up, the variants run in turn, `--reps` rounds; each reports its best with all runs, and the
+quarantined count and an output hash, so a variant that changed the outcome shows. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from unittest import mock
 
 
 OUTPUT = ("event_id", "user_id", "item_id", "event_type", "value", "event_time", "context", "quarantine_reason")
+MAX_NESTING_CHECKED = 8  # the baseline's depth of exact checking; deeper lines fell back to a weaker rule
+
+
+def regex_has_trailing_content(line):
+    """The baseline check (tidal's until 2026-12-04): True where a line holds more than one top-level JSON value.
+    String literals are blanked by a possessive regex, then the innermost objects and arrays are replaced by a token
+    MAX_NESTING_CHECKED times; one object ends as that single token. The common line (one object, at most one
+    level of nested objects, no array) is recognised by one regex first."""
+    from pyspark.sql import functions as F
+
+    string = r'"(?:[^"\\]++|\\.)*+"'
+    flat_object = r"\{(?:[^{}\[\]\"]++|" + string + r")*+\}"
+    simple_object = r"^\s*\{(?:[^{}\[\]\"]++|" + string + "|" + flat_object + r")*+\}\s*\z"
+    skeleton = F.regexp_replace(F.regexp_replace(line, string, '""'), r"^\s+|\s+$", "")
+    reduced = skeleton
+    for _ in range(MAX_NESTING_CHECKED):
+        reduced = F.regexp_replace(reduced, r"\{[^{}\[\]]*+\}|\[[^{}\[\]]*+\]", "X")
+    fully_reduced = ~reduced.rlike(r"[{}\[\]]")
+    weak_rule = ~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{")
+    return F.when(line.rlike(simple_object), F.lit(False)).otherwise(
+        skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,23 +79,43 @@ def main(argv: list[str] | None = None) -> int:
         return df.select(*[F.lit("").alias(c) for c in OUTPUT[:-1]],
                          F.when(F.expr("try_parse_json(line)").isNull(), "malformed_json").alias("quarantine_reason"))
 
-    def timed(classify) -> dict:
-        query = classify(frame, rules).agg(F.sum(F.hash(*OUTPUT)).alias("h"), F.count("*").alias("n"),
-                                           F.count("quarantine_reason").alias("quarantined"))
-        runs, row = [], None
-        for _ in range(args.reps):
-            started = time.monotonic()
-            row = query.first()
-            runs.append(round(time.monotonic() - started, 3))
-        return {"best_s": min(runs), "runs_s": runs, "us_per_line": round(min(runs) / args.lines * 1e6, 2),
-                "lines": row["n"], "quarantined": row["quarantined"]}
+    def plain_parse(line, _marker):  # [<line>]: element 0 is what try_parse_json(line) gives, and no marker follows it
+        return F.try_parse_json(F.concat(F.lit("["), line, F.lit("]")))
 
-    timed(transforms.classify_events)  # warms the JIT, so the first variant timed is not the one that pays for it
-    result = {"lines": args.lines, "master": "local[2]", "variants": {}}
-    result["variants"]["full"] = timed(transforms.classify_events)
-    with mock.patch.object(transforms, "has_trailing_content", lambda line: F.lit(False)):
-        result["variants"]["no_trailing_check"] = timed(transforms.classify_events)
-    result["variants"]["parse_only"] = timed(parse_only)
+    variants = {
+        "full": {},
+        "regex_check": {"parse_with_end_marker": plain_parse,
+                        "ends_at_its_marker": lambda wrapped, _marker: wrapped.isNotNull()
+                        & ~regex_has_trailing_content(F.col("line"))},
+        "no_trailing_check": {"parse_with_end_marker": plain_parse,
+                              "ends_at_its_marker": lambda wrapped, _marker: wrapped.isNotNull()},
+    }
+
+    def classify_with(patches: dict):
+        def classify(df, classify_rules):
+            with contextlib.ExitStack() as stack:
+                for name, replacement in patches.items():
+                    stack.enter_context(mock.patch.object(transforms, name, replacement))
+                return transforms.classify_events(df, classify_rules)
+        return classify
+
+    queries = {name: classify_with(patches)(frame, rules) for name, patches in variants.items()}
+    queries["parse_only"] = parse_only(frame, rules)
+    queries = {name: query.agg(F.sum(F.hash(*OUTPUT)).alias("h"), F.count("*").alias("n"),
+                               F.count("quarantine_reason").alias("quarantined")) for name, query in queries.items()}
+    queries["full"].first()  # warms the JIT, so the first variant timed is not the one that pays for it
+    runs: dict[str, list[float]] = {name: [] for name in queries}
+    rows = {}
+    for _ in range(args.reps):  # round-robin, so a burst of load on this shared box hits every variant alike
+        for name, query in queries.items():
+            started = time.monotonic()
+            rows[name] = query.first()
+            runs[name].append(round(time.monotonic() - started, 3))
+    result = {"lines": args.lines, "master": "local[2]", "variants": {
+        name: {"best_s": min(runs[name]), "runs_s": runs[name],
+               "us_per_line": round(min(runs[name]) / args.lines * 1e6, 2), "lines": rows[name]["n"],
+               "quarantined": rows[name]["quarantined"], "output_hash": rows[name]["h"]} for name in queries}}
+    result["full_vs_regex_check"] = round(min(runs["full"]) / min(runs["regex_check"]), 3)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -123,8 +123,9 @@ def classify_events(lines_df, rules: EventRules):
     (null for an accepted event; otherwise the first rule the record broke)."""
     from pyspark.sql import functions as F
 
-    v = F.expr("try_parse_json(line)")
-    df = lines_df.withColumn("_v", v)
+    df = lines_df.withColumn("_marker", end_marker(F.col("line")))  # once per line: the parse and the check read it
+    df = df.withColumn("_wrapped", parse_with_end_marker(F.col("line"), F.col("_marker")))
+    df = df.withColumn("_v", F.expr("variant_get(_wrapped, '$[0]', 'variant')"))
 
     def field_type(name: str):
         return F.expr(f"schema_of_variant(variant_get(_v, '$.{name}', 'variant'))")
@@ -150,7 +151,7 @@ def classify_events(lines_df, rules: EventRules):
     numeric_value = F.col("_t_value").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
     checks: list[tuple[Any, Any]] = [
         (F.col("file_reason").isNotNull(), F.col("file_reason")),
-        (F.col("_v").isNull() | has_trailing_content(F.col("line")), F.lit("malformed_json")),
+        (~ends_at_its_marker(F.col("_wrapped"), F.col("_marker")), F.lit("malformed_json")),
         # A parsed line that starts with "{" is an object; only other lines pay for the whole value's schema.
         (~F.when(F.col("line").startswith("{"), F.lit(True))
          .otherwise(F.expr("schema_of_variant(_v)").startswith("OBJECT")), F.lit("not_a_json_object")),
@@ -177,35 +178,42 @@ def classify_events(lines_df, rules: EventRules):
     reason = F.lit(None).cast("string")
     for condition, label in reversed(checks):
         reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
-    return df.withColumn("quarantine_reason", reason).drop("_v", *[c for c in df.columns if c.startswith("_t_")])
+    return df.withColumn("quarantine_reason", reason).drop("_marker", "_wrapped", "_v",
+                                                           *[c for c in df.columns if c.startswith("_t_")])
 
 
-MAX_NESTING_CHECKED = 8  # object/array depth up to which a line is fully checked for a second top-level value
-
-
-def has_trailing_content(line):
-    """True where a line holds more than one top-level JSON value: `{...}{...}`, `{...},{...}`, `{...} junk`.
-
-    try_parse_json reads the first value of a line and ignores the rest, so without this check the second of two
-    records glued onto one line would be dropped without a trace. The check works on the line's skeleton: string
-    literals blanked (possessive regex: a 100k-character string cannot overflow Java's regex stack), then the
-    innermost objects and arrays replaced by a token, MAX_NESTING_CHECKED times; one object ends as that single
-    token. Deeper nesting than that falls back to a weaker rule (ends with '}', no '}' then '{')."""
+def end_marker(line):
+    """The string the line is parsed next to: its own MD5, which no line can hold (see parse_with_end_marker)."""
     from pyspark.sql import functions as F
 
-    # The common line, one object whose values nest at most one object deep and hold no array, is recognised by
-    # one possessive regex (same string rule as below); only the others go through the skeleton passes.
-    string = r'"(?:[^"\\]++|\\.)*+"'
-    flat_object = r"\{(?:[^{}\[\]\"]++|" + string + r")*+\}"
-    simple_object = r"^\s*\{(?:[^{}\[\]\"]++|" + string + "|" + flat_object + r")*+\}\s*\z"
-    skeleton = F.regexp_replace(F.regexp_replace(line, string, '""'), r"^\s+|\s+$", "")
-    reduced = skeleton
-    for _ in range(MAX_NESTING_CHECKED):
-        reduced = F.regexp_replace(reduced, r"\{[^{}\[\]]*+\}|\[[^{}\[\]]*+\]", "X")
-    fully_reduced = ~reduced.rlike(r"[{}\[\]]")
-    weak_rule = ~skeleton.endswith("}") | skeleton.rlike(r"\}\s*\{")
-    return F.when(line.rlike(simple_object), F.lit(False)).otherwise(
-        skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule))
+    return F.md5(line)
+
+
+def parse_with_end_marker(line, marker):
+    """The line parsed as the JSON array `[<line>,"<end marker>"]`: element 0 is the line's value (when the line
+    is exactly one JSON value), and the marker shows whether anything followed that value.
+
+    try_parse_json reads a line's first value and ignores whatever follows it, so `{...}{...}`, `{...},{...}` and
+    `{...} junk` would all parse, and the second of two records glued onto one line would be dropped without a
+    trace. Inside the array the parser must read the whole line:
+    - one value, then only whitespace: the array is [value, marker];
+    - junk or a second value without a comma: the array is invalid, so null;
+    - a comma and more values: the marker moves to index 2 or later;
+    - a `]` that closes the array inside the line (`{...}],"x"`): element 1 comes from the line, and it would have
+      to be the line's own MD5 to pass, which a line cannot contain.
+    One parse does both jobs, at any nesting depth, where a regex over the line cost more than the parse itself
+    (benchmarks/features/RESULTS.md, "2026-12-04 night"). The wrapper adds one level of nesting to the parser's depth limit."""
+    from pyspark.sql import functions as F
+
+    return F.try_parse_json(F.concat(F.lit("["), line, F.lit(',"'), marker, F.lit('"]')))
+
+
+def ends_at_its_marker(wrapped, marker):
+    """True where the wrapped parse holds exactly one value from the line (see parse_with_end_marker); false for
+    an unparseable line and for a line with anything after its first value."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.try_variant_get(wrapped, "$[1]", "string") == marker, F.lit(False))
 
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "event_time")

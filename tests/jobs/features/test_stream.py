@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,14 @@ def event(**changes) -> dict:
     return record
 
 
+def nested(depth: int) -> dict:
+    """{"n": {"n": ... {"leaf": 1}}}, `depth` objects deep."""
+    value: dict = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
 def line(**changes) -> bytes:
     return json.dumps(event(**changes)).encode()
 
@@ -56,6 +65,15 @@ LINE_CASES: dict[str, tuple[bytes, str | None]] = {
     "trailing_number": (line() + b" 5", "malformed_json"),
     "two_objects_with_comma": (line() + b"," + line(event_id="e-second"), "malformed_json"),
     "two_objects_after_a_tab": (b"\t" + line() + line(event_id="e-second"), "malformed_json"),
+    # Deeper than any fixed number of regex passes could check: the glued record after it is still caught.
+    "two_objects_with_comma_nested_20_deep": (line(context=nested(20)) + b"," + line(event_id="e-second"),
+                                               "malformed_json"),
+    "nested_20_deep_is_fine": (line(context=nested(20)), None),
+    # A `]` that would close the parser's wrapping array inside the line, and a line that carries an MD5 of its
+    # own start as a second value (the marker is the MD5 of the whole line, so it cannot match).
+    "closing_bracket_then_more": (line() + b'],"x"', "malformed_json"),
+    "second_value_is_the_md5_of_the_first": (line() + b',"' + hashlib.md5(line()).hexdigest().encode() + b'"',
+                                             "malformed_json"),
     "braces_inside_strings_are_fine": (line(context={"note": 'a } { b "} {"'}), None),
     "trailing_tab_is_fine": (line() + b"\t", None),
     "arrays_of_objects_are_fine": (line(context={"items": [{"a": 1}, {"b": [{"c": 2}, {"d": 3}]}]}), None),
