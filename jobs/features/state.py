@@ -43,6 +43,9 @@ ITEM_BUCKET_STATE_SCHEMA = "item_id string, bucket long, events long"
 USER_RECENT_STATE_SCHEMA = "user_id string, item_id string, event_s double"
 SEP = "\u0001"  # joins the parts of a state key; cannot appear in an id (ids are JSON strings, control chars aside)
 LN2 = math.log(2.0)
+# The largest argument given to exp() in the closed form of the decayed sum: exp() of more than ~709 overflows a
+# double, and below ~-745 it is 0. See update_decayed_state.
+MAX_EXP_ARGUMENT = 700.0
 
 
 def robust_z_of_counts(users_per_count: dict[int, int]) -> dict[int, float]:
@@ -110,24 +113,43 @@ def outlier_items(events_df, from_flagged_user, min_events: int):
         .filter((F.col("events") >= min_events) & (F.col("bot_share") > 0.5))
 
 
-def update_decayed_state(state_df, events_df, key: str, half_life_s: float):
+def update_decayed_state(state_df, events_df, key: str, half_life_s: float,
+                         events_time_range_s: tuple[float, float] | None = None):
     """Entity state (key, decayed_count, last_event_s, batch_events) + this batch's events -> the new state for every
     entity, with batch_events = its events in this batch (0 for the others).
 
     Each batch only touches the entities it saw; the others keep their row (their decay is applied when read,
-    relative to the reader's time, so an idle entity costs nothing per batch)."""
+    relative to the reader's time, so an idle entity costs nothing per batch).
+
+    `events_time_range_s`: the (oldest, newest) event time of `events_df` in epoch seconds, when the caller knows
+    it. The batch's part of an entity's count, the sum over its events of exp(-rate (last - t)), then becomes
+    exp(-rate (last - R)) * sum of exp(-rate (R - t)) with R the newest time: one plain sum per key, which Spark
+    aggregates in a hash map. Without it each key keeps the list of its event times (a list aggregate falls back to
+    sorting once a task holds more than 128 keys): 10 s against 2.4 s for 3M events in a scratch probe. The closed
+    form is used only while rate * (newest - oldest) <= MAX_EXP_ARGUMENT, so no term underflows to 0 and the
+    factor cannot overflow (about 1,000 half-lives; with the shipped 7-day half-life, 19 years of lateness)."""
     from pyspark.sql import functions as F
 
     rate = LN2 / half_life_s
     t = F.col("event_time").cast("double")
-    batch = events_df.select(F.col(key).alias("key"), t.alias("t")) \
-        .groupBy("key").agg(F.max("t").alias("batch_last"), F.collect_list("t").alias("ts"),
-                            F.count("*").alias("_batch_events"))
+    keyed = events_df.select(F.col(key).alias("key"), t.alias("t"))
+    batch_last, batch_events = F.max("t").alias("batch_last"), F.count("*").alias("_batch_events")
+    closed_form = events_time_range_s is not None and \
+        rate * (events_time_range_s[1] - events_time_range_s[0]) <= MAX_EXP_ARGUMENT
+    if closed_form:
+        newest = F.lit(float(events_time_range_s[1]))
+        batch = keyed.groupBy("key").agg(batch_last, batch_events,
+                                         F.sum(F.exp(-rate * (newest - F.col("t")))).alias("_sum_at_newest"))
+    else:
+        batch = keyed.groupBy("key").agg(batch_last, batch_events, F.collect_list("t").alias("ts"))
     merged = state_df.drop("batch_events").join(batch, "key", "full_outer")
     last = F.greatest(F.coalesce("last_event_s", "batch_last"), F.coalesce("batch_last", "last_event_s"))
     old = F.coalesce(F.col("decayed_count"), F.lit(0.0)) * F.exp(-rate * (last - F.coalesce("last_event_s", last)))
-    new = F.coalesce(F.aggregate("ts", F.lit(0.0), lambda acc, x: acc + F.exp(-rate * (last - x))), F.lit(0.0))
-    return merged.select("key", (old + new).alias("decayed_count"), last.alias("last_event_s"),
+    if closed_form:
+        new = F.col("_sum_at_newest") * F.exp(-rate * (last - newest))
+    else:
+        new = F.aggregate("ts", F.lit(0.0), lambda acc, x: acc + F.exp(-rate * (last - x)))
+    return merged.select("key", (old + F.coalesce(new, F.lit(0.0))).alias("decayed_count"), last.alias("last_event_s"),
                          F.coalesce("_batch_events", F.lit(0)).alias("batch_events"))
 
 
@@ -143,10 +165,11 @@ def state_keys(events_df):
         .unionByName(keyed(F.lit("type"), "user_id", "event_type"))
 
 
-def update_entity_state(state_df, events_df, half_life_s: float):
+def update_entity_state(state_df, events_df, half_life_s: float,
+                        events_time_range_s: tuple[float, float] | None = None):
     """The per-batch update of features/state/entities: decayed counts and last event times for every user, item and
-    (user, event type) the batch saw; the rest keep their row."""
-    return update_decayed_state(state_df, state_keys(events_df), "key", half_life_s)
+    (user, event type) the batch saw; the rest keep their row. `events_time_range_s`: see update_decayed_state."""
+    return update_decayed_state(state_df, state_keys(events_df), "key", half_life_s, events_time_range_s)
 
 
 def entity_features(examples_df, state_df, half_life_s: float, event_types: tuple[str, ...]):

@@ -53,10 +53,15 @@ class DedupeState:
 class BatchStats:
     """The counts of one classified batch, from one pass over the cached frame."""
 
-    rows: list                   # one Row per (status, quarantine_reason): n, lo, hi, hi_s, files
+    rows: list                   # one Row per (status, quarantine_reason): n, lo, hi, lo_s, hi_s, files
     accepted: Any                # the accepted row of `rows`, or None
     new_max: datetime | None     # the newest accepted event time including this batch
     new_watermark: datetime | None
+
+    @property
+    def accepted_range_s(self) -> tuple[float, float] | None:
+        """(oldest, newest) accepted event time of the batch in epoch seconds; None when nothing was accepted."""
+        return (self.accepted["lo_s"], self.accepted["hi_s"]) if self.accepted else None
 
 
 def snapshot_dirs(layout: StorageLayout) -> dict[str, Path]:
@@ -80,7 +85,7 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     accepted = classified.filter(F.col("status") == "accepted")
     write_bronze(accepted, batch_id, layout)
     training, outlier_users, outlier_items = without_outliers(accepted, settings)
-    write_state_and_examples(spark, training, batch_id, layout, settings)
+    write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s)
     online = write_online_state(spark, training, batch_id, layout, settings, stats.new_max)
     write_quarantine(classified, batch_id, layout)
     write_dedupe_state(dedupe.seen, accepted, stats.new_watermark, snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}")
@@ -131,7 +136,8 @@ def batch_stats(classified, max_seen: datetime | None, lateness_s: int) -> Batch
     accepted_time = F.when(F.col("status") == "accepted", F.col("event_time"))
     rows = classified.groupBy("status", "quarantine_reason").agg(
         F.count("*").alias("n"), F.min(accepted_time).alias("lo"), F.max(accepted_time).alias("hi"),
-        F.max(accepted_time.cast("double")).alias("hi_s"), F.collect_set("source_file").alias("files")).collect()
+        F.min(accepted_time.cast("double")).alias("lo_s"), F.max(accepted_time.cast("double")).alias("hi_s"),
+        F.collect_set("source_file").alias("files")).collect()
     accepted = next((r for r in rows if r["status"] == "accepted"), None)
     # Epoch seconds, not the collected datetime: that one is naive, in the Python process's local zone.
     batch_max = datetime.fromtimestamp(accepted["hi_s"], tz=timezone.utc) if accepted else None
@@ -166,13 +172,15 @@ def without_outliers(accepted, settings: Settings) -> tuple[Any, list[str], list
     return training, users, items
 
 
-def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayout, settings: Settings) -> None:
+def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayout, settings: Settings,
+                             events_time_range_s: tuple[float, float] | None = None) -> None:
     """Entity state and item popularity buckets (the previous snapshot + this batch -> this batch's snapshot, never
-    all history), then the training examples with the features they give."""
+    all history), then the training examples with the features they give. `events_time_range_s` bounds the
+    training events' times (the batch's accepted ones do): the decayed counts then take one plain sum per key."""
     fp, dirs = settings.params.features, snapshot_dirs(layout)
     state_path = dirs["entities"] / f"batch_id={batch_id}"
     state = update_entity_state(read_snapshot(spark, latest_snapshot_before(dirs["entities"], batch_id),
-                                              ENTITY_STATE_SCHEMA), training, fp.half_life_s)
+                                              ENTITY_STATE_SCHEMA), training, fp.half_life_s, events_time_range_s)
     state.write.mode("overwrite").parquet(str(state_path))
     # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way. Kept in memory for
     # the batch: the pruned snapshot and the examples' windows both read it (the examples the unpruned one).

@@ -21,13 +21,25 @@ def events(spark, rows):
                                  "event_id string, user_id string, item_id string, event_type string, event_time timestamp")
 
 
-def test_decayed_counts_update_incrementally_and_match_the_closed_form(spark):
+def time_range_s(batch) -> tuple[float, float]:
+    """(oldest, newest) event time of a batch in epoch seconds, as the features job passes it from its stats."""
+    row = batch.selectExpr("min(cast(event_time as double)) AS lo", "max(cast(event_time as double)) AS hi").first()
+    return row.lo, row.hi
+
+
+@pytest.mark.parametrize("form", ["list", "sum"])
+def test_decayed_counts_update_incrementally_and_match_the_closed_form(spark, form):
+    """Both ways of summing a batch: each key's list of times, and (given the batch's time range) one plain sum."""
     half_life = 10 * HOUR
     first = events(spark, [("u1", "i1", "view", 0), ("u1", "i2", "click", 10)])
     second = events(spark, [("u1", "i1", "view", 20)])
     empty = spark.createDataFrame([], ENTITY_STATE_SCHEMA)
-    state1 = update_entity_state(empty, first, half_life)
-    state2 = {r.key: r for r in update_entity_state(state1, second, half_life).collect()}
+
+    def update(state, batch):
+        return update_entity_state(state, batch, half_life, time_range_s(batch) if form == "sum" else None)
+
+    state1 = update(empty, first)
+    state2 = {r.key: r for r in update(state1, second).collect()}
     # u1 at t=20h: events at 0, 10, 20 h -> 1/4 + 1/2 + 1
     assert state2["user\u0001u1"].decayed_count == pytest.approx(1.75)
     assert state2["user\u0001u1"].last_event_s == (T0 + timedelta(hours=20)).timestamp()
@@ -42,6 +54,35 @@ def test_decayed_counts_update_incrementally_and_match_the_closed_form(spark):
     assert {k: r.batch_events for k, r in state2.items()} == {
         "user\u0001u1": 1, "item\u0001i1": 1, "item\u0001i2": 0, "type\u0001u1\u0001view": 1,
         "type\u0001u1\u0001click": 0}
+
+
+def test_the_sum_at_the_newest_time_gives_the_list_form_and_is_not_used_where_it_would_overflow(spark):
+    # Two batches over 30 days, the second one late (older than the first): a key's last event can come from
+    # the state, after every event of the batch.
+    rows = [(f"u{k % 3}", f"i{k % 5}", ("view", "click")[k % 2], (k * 37) % 720) for k in range(60)]
+    later = events(spark, [r for r in rows if r[3] >= 360])
+    earlier = events(spark, [r for r in rows if r[3] < 360])
+    empty = spark.createDataFrame([], ENTITY_STATE_SCHEMA)
+    half_life = HOUR  # the 30 days are 720 half-lives: rate * span = 499, inside the sum's safe range
+
+    def both_forms(half_life_s: float) -> tuple[dict, dict]:
+        forms = []
+        for time_range in (lambda b: None, time_range_s):
+            state = update_entity_state(empty, later, half_life_s, time_range(later))
+            state = update_entity_state(state, earlier, half_life_s, time_range(earlier))
+            forms.append({r.key: (r.decayed_count, r.last_event_s, r.batch_events) for r in state.collect()})
+        return forms[0], forms[1]
+
+    listed, summed = both_forms(half_life)
+    assert set(listed) == set(summed) and len(listed) == 3 + 5 + 6
+    for key, (count, last, batch_events) in listed.items():
+        assert summed[key][0] == pytest.approx(count, rel=1e-12) and summed[key][1:] == (last, batch_events)
+    # 20 minutes: the 30 days are 2,160 half-lives, where a sum at the newest time would underflow its oldest terms
+    # to 0 and multiply them by an infinite factor. The update keeps each key's list instead, so a key whose one
+    # event is the batch's oldest still counts 1 at it.
+    lonely = events(spark, [("u9", "i9", "view", 0), ("u1", "i1", "view", 720)])
+    state = {r.key: r for r in update_entity_state(empty, lonely, HOUR / 3, time_range_s(lonely)).collect()}
+    assert state["user\u0001u9"].decayed_count == 1.0 and state["user\u0001u1"].decayed_count == 1.0
 
 
 def test_entity_features_give_decay_recency_and_type_mix(spark):
