@@ -202,7 +202,8 @@ def parse_with_end_marker(line, marker):
     - a `]` that closes the array inside the line (`{...}],"x"`): element 1 comes from the line, and it would have
       to be the line's own MD5 to pass, which a line cannot contain.
     One parse does both jobs, at any nesting depth, where a regex over the line cost more than the parse itself
-    (benchmarks/features/RESULTS.md, "2026-12-04 night"). The wrapper adds one level of nesting to the parser's depth limit."""
+    (benchmarks/features/RESULTS.md, "2026-12-04 night"). The wrapper uses up one level of the parser's nesting
+    limit."""
     from pyspark.sql import functions as F
 
     return F.try_parse_json(F.concat(F.lit("["), line, F.lit(',"'), marker, F.lit('"]')))
