@@ -180,11 +180,17 @@ def test_the_tidal_page_in_chromium(browser, tidal_airflow):
                   d.find_element(By.TAG_NAME, "h1").text.startswith("Drift:"), "drift report")
 
     # The rollback form: to the version that does not serve now, with a reason; the page names the DAG run.
+    # The form is below the plots, which move it as they arrive: a click computed before the last one loaded can
+    # land beside the button (once in a clean-clone run the page then never sent the request). Click once it is
+    # still, as open_in_frame does.
+    plots_loaded(browser)
     target = next(mv.version for mv in reversed(registry.versions()) if mv.version != serving)
     Select(browser.find_element(By.CSS_SELECTOR, "#rollback-form select[name=to]")).select_by_value(target)
     reason = browser.find_element(By.CSS_SELECTOR, "#rollback-form input[name=reason]")
     reason.send_keys(f"browser drill: back to {target}")
-    browser.find_element(By.ID, "rollback-submit").click()
+    submit = browser.find_element(By.ID, "rollback-submit")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
+    submit.click()
     run_id = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#rollback-result .dag-run-id").text,
                   "the triggered rollback run")
     browser.execute_script("document.getElementById('rollback-form').scrollIntoView()")
