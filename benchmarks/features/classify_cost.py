@@ -8,7 +8,9 @@ It generates `--lines` event lines (devtools.generate, serialised as its landing
 - `full`: `jobs.features.transforms.classify_events` as shipped: one parse of `[<line>,"<md5 of the line>"]` gives
   the record and whether anything followed it (`parse_with_end_marker`);
 - `regex_check`: the baseline, the same contract with the check shipped until 2026-12-04: a plain parse, then
-  possessive regexes over the line's skeleton for a second top-level value (`regex_has_trailing_content` below);
+  possessive regexes over the line's skeleton for a second top-level value (`regex_has_trailing_content` below).
+  Its parse reads `[<line>]`, so that element 0 is the record as in the shipped code: one concatenation more than
+  the old code had, a small cost charged to the baseline;
 - `no_trailing_check`: a plain parse and no check at all (what checking for a second JSON value costs; the check
   stays in the job: without it a glued second record would be dropped silently);
 - `parse_only`: `try_parse_json` alone (the floor any variant-based classification pays).
