@@ -24,8 +24,8 @@ from tidal.config import Settings
 # (about 180 distinct classes), so a session running batch after batch (a catch-up run's micro-batches in one query on
 # the stack's Connect server, a test session) evicted each batch's classes before the next batch needed them and
 # compiled all of them again, and the JIT then compiled the new classes once more: benchmarks/features/codegen_cache.py.
-# 1,000 holds several batches' worth plus the other jobs' plans. (Across tasks on the Connect server nothing is reused
-# whatever the size: each task's streaming query runs in a session of its own, with its own class loader.)
+# 1,000 holds several batches' worth plus the other jobs' plans. On the Connect server the classes are also reused
+# from task to task, given CONNECT_SESSION_CONF below.
 CODEGEN_CACHE_ENTRIES = 1000
 
 
@@ -66,6 +66,20 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
     return spark
 
 
+# Session settings for a Connect client only. The Connect server turns on artifact isolation for every session it
+# serves: each session (and each streaming query's clone of one) then runs its tasks under a class loader of its own,
+# and Spark's compiled-code cache is keyed by that loader, so every task compiled the whole features job again (~170
+# classes) and the JIT then compiled those classes again, on every cycle (benchmarks/features/RESULTS.md, "2026-12-04
+# late: compiled code kept from task to task"). tidal's jobs add no artifacts (jars, files, Python packages) to their
+# sessions, so sharing the server's own loader loses nothing; other clients' sessions keep their isolation. The
+# client's session itself was created before these settings reach it and stays isolated; the features job's streaming
+# query clones it afterwards, and the clone, which runs every micro-batch, takes them.
+CONNECT_SESSION_CONF = {
+    "spark.sql.artifact.isolation.enabled": "false",
+    "spark.sql.artifact.isolation.alwaysApplyClassLoader": "false",
+}
+
+
 def connect_session(remote: str, shuffle_partitions: int = 4):
     """A session on the Spark Connect server at `remote` (sc://HOST:PORT): no JVM in this process. The session
     settings are applied on every call, as getOrCreate returns the process's existing session."""
@@ -83,7 +97,7 @@ def connect_session(remote: str, shuffle_partitions: int = 4):
         raise RuntimeError(f"no Spark Connect server at {remote} ({err}): start the stack's with "
                            "`scripts/stack.sh up spark`, or unset TIDAL_SPARK_REMOTE to run a local Spark") from None
     builder = SparkSession.builder.remote(remote)
-    for key, value in session_conf(shuffle_partitions).items():
+    for key, value in {**session_conf(shuffle_partitions), **CONNECT_SESSION_CONF}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if spark.session_id not in _released_at_exit:

@@ -6,8 +6,9 @@ Not a test. Run (from the repo root):
 Spark compiles each query stage's generated Java code and keeps the classes in an LRU of
 `spark.sql.codegen.cache.maxEntries` (default 100). A features micro-batch compiles about 180, so on a session that
 runs one batch after another (a test session; a catch-up task's batches on the stack's Spark Connect server) the
-cache never hits. (Across tasks on the Connect server nothing is reused at any size: each task's query has a session
-and class loader of its own.) This runs the same sequence of
+cache never hits. (Across tasks on the Connect server the classes are reused only given
+`tidal.spark.CONNECT_SESSION_CONF`: otherwise each task's query has a class loader of its own.) This runs the same
+sequence of
 batches in two fresh processes per round, one with Spark's default and one with `tidal.spark.CODEGEN_CACHE_ENTRIES`
 (a static setting, so each needs its own JVM), alternating, `--rounds` times: one TIDAL_HOME per process, `--events`
 events landed before each pass (5 files), `--passes` `run_features` passes, so batch ids and state grow as on the
