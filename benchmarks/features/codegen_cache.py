@@ -8,13 +8,13 @@ Spark compiles each query stage's generated Java code and keeps the classes in a
 runs one batch after another (a test session; a catch-up task's batches on the stack's Spark Connect server) the
 cache never hits. (Across tasks on the Connect server the classes are reused only given
 `tidal.spark.CONNECT_SESSION_CONF`: otherwise each task's query has a class loader of its own.) This runs the same
-sequence of
-batches in two fresh processes per round, one with Spark's default and one with `tidal.spark.CODEGEN_CACHE_ENTRIES`
-(a static setting, so each needs its own JVM), alternating, `--rounds` times: one TIDAL_HOME per process, `--events`
-events landed before each pass (5 files), `--passes` `run_features` passes, so batch ids and state grow as on the
-server. Per pass: wall seconds, the classes compiled (Spark's CodegenMetrics) and the JVM's CPU seconds (all its
-threads, the JIT compiler's included, from /proc). The first two passes differ in shape (no state, then state) and
-warm the JVM, so the summary is the median of the rest. Writes codegen_cache.json next to this file.
+sequence of batches in two fresh processes per round, one with Spark's default and one with
+`tidal.spark.CODEGEN_CACHE_ENTRIES` (a static setting, so each needs its own JVM), alternating, `--rounds` times:
+one TIDAL_HOME per process, `--events` events landed before each pass (5 files), `--passes` `run_features` passes,
+so batch ids and state grow as on the server. Per pass: wall seconds, the classes compiled (Spark's CodegenMetrics)
+and the JVM's CPU seconds (all its threads, the JIT compiler's included, from /proc). The first two passes differ in
+shape (no state, then state) and warm the JVM, so the summary is the median of the rest. Writes codegen_cache.json
+next to this file.
 """
 
 from __future__ import annotations
