@@ -126,29 +126,30 @@ def classify_events(lines_df, rules: EventRules):
     df = lines_df.withColumn("_marker", end_marker(F.col("line")))  # once per line: the parse and the check read it
     df = df.withColumn("_wrapped", parse_with_end_marker(F.col("line"), F.col("_marker")))
     df = df.withColumn("_v", F.expr("variant_get(_wrapped, '$[0]', 'variant')"))
+    # Each field is looked up in the record once (`_f_<name>`); its type and its typed values are read from that.
+    # A lookup per use cost ~0.3 us more per line (benchmarks/features/RESULTS.md, "2026-12-05: each field looked
+    # up once").
+    fields = (*REQUIRED_STRING_FIELDS, "value", "event_time", "context")
+    df = df.select("*", *[F.expr(f"variant_get(_v, '$.{name}', 'variant')").alias(f"_f_{name}") for name in fields])
 
-    def field_type(name: str):
-        return F.expr(f"schema_of_variant(variant_get(_v, '$.{name}', 'variant'))")
-
-    def field_string(name: str):
-        return F.expr(f"try_variant_get(_v, '$.{name}', 'string')")
+    def as_type(name: str, sql_type: str):
+        return F.expr(f"try_variant_get(_f_{name}, '$', '{sql_type}')")
 
     df = df.select(
         "*",
-        *[field_type(f).alias(f"_t_{f}") for f in (*REQUIRED_STRING_FIELDS, "value", "event_time", "context")],
-        *[field_string(f).alias(f) for f in REQUIRED_STRING_FIELDS],
-        F.expr("try_variant_get(_v, '$.value', 'double')").alias("value"),
-        F.expr("to_json(variant_get(_v, '$.context', 'variant'))").alias("context"),
+        *[F.expr(f"schema_of_variant(_f_{name})").alias(f"_t_{name}") for name in fields],
+        *[as_type(name, "string").alias(name) for name in REQUIRED_STRING_FIELDS],
+        as_type("value", "double").alias("value"),
+        F.expr("to_json(_f_context)").alias("context"),
     )
     # event_time: ISO-8601 string, or a number of unix seconds. A string must start with its year: Spark would read
     # a bare time ("10:15:00") as today's, so the same record would classify differently on another day's replay.
-    time_text = F.expr("try_variant_get(_v, '$.event_time', 'string')")
+    time_text = as_type("event_time", "string")
     ts_string = F.when(time_text.rlike(r"^\s*[+-]?[0-9]{4}"), F.try_to_timestamp(time_text))
-    ts_number = F.expr("timestamp_seconds(try_variant_get(_v, '$.event_time', 'double'))")
-    is_number = F.col("_t_event_time").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
-    df = df.withColumn("event_time", F.when(is_number, ts_number).otherwise(ts_string))
+    ts_number = F.timestamp_seconds(as_type("event_time", "double"))
+    df = df.withColumn("event_time", F.when(is_numeric_type(F.col("_t_event_time")), ts_number).otherwise(ts_string))
 
-    numeric_value = F.col("_t_value").rlike("^(BIGINT|INT|SMALLINT|TINYINT|DOUBLE|FLOAT|DECIMAL.*)$")
+    numeric_value = is_numeric_type(F.col("_t_value"))
     checks: list[tuple[Any, Any]] = [
         (F.col("file_reason").isNotNull(), F.col("file_reason")),
         (~ends_at_its_marker(F.col("_wrapped"), F.col("_marker")), F.lit("malformed_json")),
@@ -178,8 +179,17 @@ def classify_events(lines_df, rules: EventRules):
     reason = F.lit(None).cast("string")
     for condition, label in reversed(checks):
         reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
-    return df.withColumn("quarantine_reason", reason).drop("_marker", "_wrapped", "_v",
-                                                           *[c for c in df.columns if c.startswith("_t_")])
+    return df.withColumn("quarantine_reason", reason).drop(
+        "_marker", "_wrapped", "_v", *[c for c in df.columns if c.startswith(("_t_", "_f_"))])
+
+
+# The names schema_of_variant gives a JSON number: an integer by its size, a double, or DECIMAL(p,s).
+NUMERIC_VARIANT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE")
+
+
+def is_numeric_type(variant_type):
+    """Whether a schema_of_variant name is a number's. A set lookup and a prefix, not a regex per line."""
+    return variant_type.isin(*NUMERIC_VARIANT_TYPES) | variant_type.startswith("DECIMAL")
 
 
 def end_marker(line):
