@@ -541,12 +541,21 @@ start_spark() {
     'from tidal.config import load_params; from tidal.spark import CODEGEN_CACHE_ENTRIES as n; f = load_params().features; print(f.spark_master, f.spark_driver_memory, n)') &&
     [[ -n $master ]] || { log "could not read features.spark_master from the params (above)"; return 1; }
   mkdir -p "$stack_dir/spark/tmp"
+  # The server's SPARK_HOME is the wheel's Spark (bin, jars, ...) without its python/ folder. Spark puts
+  # $SPARK_HOME/python/lib/pyspark.zip first on every Python worker's path, and a zip holds no compiled bytecode, so
+  # the foreachBatch worker that every features task starts compiled all of pyspark again: 1.6 s of imports instead of
+  # 0.65 s from the venv's compiled copy of the same wheel (benchmarks/features/RESULTS.md, "2026-12-05: the
+  # foreachBatch worker imports compiled pyspark").
+  rm -rf "$stack_dir/spark/home" && mkdir -p "$stack_dir/spark/home" || return 1
+  for i in "$spark_home"/*; do
+    [[ $(basename "$i") == python ]] || ln -s "$i" "$stack_dir/spark/home/" || return 1
+  done
   # The server runs the features job's foreachBatch callback in a Python worker of its own: that worker must be
   # this venv's interpreter with the checkout importable. The JVM binds loopback only (gRPC, driver RPC, blocks)
   # and the UI is off. spark-submit execs the JVM, so the recorded pid is the server itself; setsid, so `down`
   # also stops the Python workers it starts.
-  (cd "$stack_dir/spark" && SPARK_HOME=$spark_home SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$venv_bin/python \
-    PYTHONPATH=$repo exec env "${params_env[@]}" setsid "$spark_home/bin/spark-submit" --class org.apache.spark.sql.connect.service.SparkConnectServer \
+  (cd "$stack_dir/spark" && SPARK_HOME=$stack_dir/spark/home SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$venv_bin/python \
+    PYTHONPATH=$repo exec env "${params_env[@]}" setsid "$stack_dir/spark/home/bin/spark-submit" --class org.apache.spark.sql.connect.service.SparkConnectServer \
     --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
     --conf spark.connect.grpc.binding.address=127.0.0.1 --conf spark.connect.grpc.binding.port="$port" \
     --conf spark.driver.host=127.0.0.1 --conf spark.driver.bindAddress=127.0.0.1 \
