@@ -79,13 +79,15 @@ def by_site(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 STEPS = ("batch_lines", "dedupe_state_before", "batch_stats", "write_bronze", "without_outliers",
-         "write_state_and_examples", "write_online_state", "write_quarantine", "write_dedupe_state", "compact_bronze")
+         "write_state_and_examples", "write_recent_items", "publish_online_state", "write_quarantine",
+         "write_dedupe_state", "compact_bronze")
 
 
 def label_steps(stream_module, spark, step_wall_s: dict[str, float]) -> None:
     """Name every Spark job after the micro-batch step that ran it (the jobs of a foreachBatch have no useful call
     site): each step of jobs.features.stream is wrapped to set `spark.job.description` while it runs, and adds its
-    wall seconds (planning in the driver included, which the event log's job times leave out) to `step_wall_s`."""
+    wall seconds (planning in the driver included, which the event log's job times leave out) to `step_wall_s`. The
+    batch's outputs run side by side (jobs.features.stream.process_micro_batch), so their seconds overlap."""
     import functools
 
     def labelled(name, fn):

@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -72,7 +73,8 @@ def snapshot_dirs(layout: StorageLayout) -> dict[str, Path]:
 
 def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, settings: Settings,
                         now_epoch_s: float) -> dict[str, Any]:
-    """Everything one micro-batch does, in order. Idempotent per batch id; the manifest is written last."""
+    """Everything one micro-batch does: the batch classified and cached once, its counts, then its outputs (side by
+    side where they do not read each other). Idempotent per batch id; the manifest is written last."""
     from pyspark.sql import functions as F
 
     params = settings.params
@@ -83,12 +85,28 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     classified = dedupe_with_watermark(parsed, dedupe.seen, dedupe.watermark).persist()
     stats = batch_stats(classified, dedupe.max_seen, params.features.allowed_lateness_s)
     accepted = classified.filter(F.col("status") == "accepted")
-    write_bronze(accepted, batch_id, layout)
-    training, outlier_users, outlier_items = without_outliers(accepted, settings)
-    write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s)
-    online = write_online_state(spark, training, batch_id, layout, settings, stats.new_max)
-    write_quarantine(classified, batch_id, layout)
-    write_dedupe_state(dedupe.seen, accepted, stats.new_watermark, snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}")
+
+    def training_outputs() -> tuple[list[str], list[str], dict[str, Any]]:
+        training, outlier_users, outlier_items = without_outliers(accepted, settings)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{batch_id}-recent") as side:
+            recent = side.submit(write_recent_items, spark, training, batch_id, layout, settings)
+            write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s)
+        return outlier_users, outlier_items, publish_online_state(training, batch_id, layout, settings,
+                                                                  stats.new_max, recent.result())
+
+    # The outputs read the cached batch and nothing of each other, except along the training chain, so they run side
+    # by side: a small batch's time is mostly each query's planning and its few short tasks, one after another, with
+    # the cores idle in between (benchmarks/features/RESULTS.md, "2026-12-05: a batch's outputs side by side").
+    # Leaving the block waits for every output, so a failed one fails the batch before its manifest is written.
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"batch-{batch_id}") as outputs:
+        training_chain = outputs.submit(training_outputs)
+        others = [outputs.submit(write_bronze, accepted, batch_id, layout),
+                  outputs.submit(write_quarantine, classified, batch_id, layout),
+                  outputs.submit(write_dedupe_state, dedupe.seen, accepted, stats.new_watermark,
+                                 snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}")]
+    for written in others:
+        written.result()
+    outlier_users, outlier_items, online = training_chain.result()
     classified.unpersist()
     manifest = {**batch_manifest(batch_id, layout, stats, dedupe.watermark, outlier_users, outlier_items),
                 "online_store": online}
@@ -181,13 +199,16 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     state_path = dirs["entities"] / f"batch_id={batch_id}"
     state = update_entity_state(read_snapshot(spark, latest_snapshot_before(dirs["entities"], batch_id),
                                               ENTITY_STATE_SCHEMA), training, fp.half_life_s, events_time_range_s)
-    state.write.mode("overwrite").parquet(str(state_path))
-    # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way. Kept in memory for
-    # the batch: the pruned snapshot and the examples' windows both read it (the examples the unpruned one).
-    buckets = update_item_buckets(read_snapshot(spark, latest_snapshot_before(dirs["item_buckets"], batch_id),
-                                                ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
-    prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
-        .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
+    # The entity state and the item buckets are independent updates: written side by side (see process_micro_batch).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{batch_id}-state") as side:
+        state_written = side.submit(lambda: state.write.mode("overwrite").parquet(str(state_path)))
+        # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way. Kept in memory
+        # for the batch: the pruned snapshot and the examples' windows both read it (the examples the unpruned one).
+        buckets = update_item_buckets(read_snapshot(spark, latest_snapshot_before(dirs["item_buckets"], batch_id),
+                                                    ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
+        prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
+            .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
+    state_written.result()
     # Each join below has a side Spark broadcasts while it is under spark.sql.autoBroadcastJoinThreshold (10 MB by
     # default): the entity state (every entity seen so far), the window sums (this batch's items and buckets), the
     # catalogue. Then the examples go from the cached batch to their files without a shuffle; a larger side makes
@@ -226,21 +247,27 @@ def read_items_csv(spark, path: Path):
     return reader.csv(str(path))
 
 
-def write_online_state(spark, training, batch_id: int, layout: StorageLayout, settings: Settings,
-                       clock: datetime | None) -> dict[str, Any]:
-    """The users' recent-items snapshot (always: it is offline state), then the batch's online state projected from
-    it and from the item buckets (jobs/features/online.py). An unreachable store is reported, never raised."""
+def write_recent_items(spark, training, batch_id: int, layout: StorageLayout, settings: Settings) -> Path:
+    """The users' recent-items snapshot (always: it is offline state the online store is projected from)."""
     dirs = snapshot_dirs(layout)
     recent = update_user_recent(read_snapshot(spark, latest_snapshot_before(dirs["user_recent"], batch_id),
                                               USER_RECENT_STATE_SCHEMA), training,
                                 settings.params.features.online_recent_items)
     snapshot = dirs["user_recent"] / f"batch_id={batch_id}"
     recent.write.mode("overwrite").parquet(str(snapshot))
+    return snapshot
+
+
+def publish_online_state(training, batch_id: int, layout: StorageLayout, settings: Settings, clock: datetime | None,
+                         recent_snapshot: Path) -> dict[str, Any]:
+    """The batch's online state, projected from its recent-items snapshot and its item buckets
+    (jobs/features/online.py). An unreachable store is reported, never raised."""
     if not settings.online_store.url:
         return {"status": "off"}
     users = sorted(r.user_id for r in training.select("user_id").distinct().collect())
-    buckets = dirs["item_buckets"] / f"batch_id={batch_id}"
-    return publish_batch(layout, settings, batch_id, snapshot, buckets if (buckets / "_SUCCESS").exists() else None,
+    buckets = snapshot_dirs(layout)["item_buckets"] / f"batch_id={batch_id}"
+    return publish_batch(layout, settings, batch_id, recent_snapshot,
+                         buckets if (buckets / "_SUCCESS").exists() else None,
                          clock.timestamp() if clock else None, users)
 
 

@@ -423,3 +423,37 @@ def test_an_entity_snapshot_written_before_batch_events_existed_is_read_and_carr
     state = {r.key: r for r in update_entity_state(snapshot, events, 3600.0).collect()}
     assert (state["user\u0001u1"].decayed_count, state["user\u0001u1"].batch_events) == (2.0, 0)
     assert state["user\u0001u2"].batch_events == 1
+
+
+def test_a_failed_output_fails_its_batch_after_the_others_finished_and_the_rerun_replays_it(spark, tmp_path,
+                                                                                             monkeypatch):
+    """The batch's outputs are written side by side (process_micro_batch): one that fails must fail the batch with
+    its own error, only once every other output has finished (none is still writing when the batch is replayed), and
+    without the manifest, so the next run replays the batch whole."""
+    import jobs.features.stream as stream
+    from tests.conftest import private_home
+    from tidal.storage import StorageLayout
+
+    with private_home(tmp_path) as settings:
+        layout = StorageLayout(settings.home).ensure()
+        write_lines(layout.landing_events / "events-000000.jsonl",
+                    [json.dumps(e) for e in FIRST_FILE_GOOD] + [FIRST_FILE_BAD["malformed_json"]])
+
+        def quarantine_that_fails(classified, batch_id, layout_):
+            raise RuntimeError("disk full (injected)")
+
+        monkeypatch.setattr(stream, "write_quarantine", quarantine_that_fails)
+        with pytest.raises(Exception, match="disk full \\(injected\\)"):
+            stream.run_features(settings, now_epoch_s=NOW)
+        finished_when_it_failed = {name: (path / "_SUCCESS").exists() for name, path in {
+            "examples": layout.examples_batch(0), "entities": layout.feature_state / "entities" / "batch_id=0",
+            "event_ids": layout.feature_state / "event_ids" / "batch_id=0"}.items()}
+        assert finished_when_it_failed == {"examples": True, "entities": True, "event_ids": True}
+        assert list((layout.feature_state / "batches").glob("*.json")) == []
+
+        monkeypatch.undo()
+        rerun = stream.run_features(settings, now_epoch_s=NOW)
+    assert rerun["batch_ids"] == [0]
+    assert (rerun["landed"], rerun["accepted"], rerun["quarantined"]) == (7, 6, 1)
+    assert rerun["quarantine_reasons"] == {"malformed_json": 1}
+    assert len(pd.read_parquet(layout.quarantine_events / "batch_id=0")) == 1
