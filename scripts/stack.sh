@@ -545,7 +545,7 @@ start_spark() {
   # $SPARK_HOME/python/lib/pyspark.zip first on every Python worker's path, and a zip holds no compiled bytecode, so
   # the foreachBatch worker that every features task starts compiled all of pyspark again: 1.6 s of imports instead of
   # 0.65 s from the venv's compiled copy of the same wheel (benchmarks/features/RESULTS.md, "2026-12-05: the
-  # foreachBatch worker imports compiled pyspark").
+  # foreachBatch worker imports compiled pyspark; a batch's outputs side by side").
   rm -rf "$stack_dir/spark/home" && mkdir -p "$stack_dir/spark/home" || return 1
   for i in "$spark_home"/*; do
     [[ $(basename "$i") == python ]] || ln -s "$i" "$stack_dir/spark/home/" || return 1

@@ -96,7 +96,8 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
 
     # The outputs read the cached batch and nothing of each other, except along the training chain, so they run side
     # by side: a small batch's time is mostly each query's planning and its few short tasks, one after another, with
-    # the cores idle in between (benchmarks/features/RESULTS.md, "2026-12-05: a batch's outputs side by side").
+    # the cores idle in between (benchmarks/features/RESULTS.md, "2026-12-05: the foreachBatch worker imports compiled
+    # pyspark; a batch's outputs side by side").
     # Leaving the block waits for every output, so a failed one fails the batch before its manifest is written.
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"batch-{batch_id}") as outputs:
         training_chain = outputs.submit(training_outputs)

@@ -1,9 +1,10 @@
 """scripts/stack.sh and the warm Spark: `up spark` starts a Spark Connect server on loopback at TIDAL_SPARK_PORT, a new
 shell gets TIDAL_SPARK_REMOTE, and the features job run through it (as a task would: its own process, twice, new
 files landing in between) gives what a local Spark gives for the same landing files: the same bronze rows,
-examples, quarantine with reasons, and counts. The job's process starts no JVM (it runs with no Java at all) and both
-runs reach the one server, whose pid stays the same, and the second reuses most of the code the first compiled;
-`down` stops it and the next env has no remote."""
+examples, quarantine with reasons, and counts. The server's foreachBatch worker imports the venv's compiled
+pyspark. The job's process starts no JVM (it runs with no Java at all) and both runs reach the one server, whose pid
+stays the same, and the second reuses most of the code the first compiled; `down` stops it and the next env has no
+remote."""
 
 from __future__ import annotations
 
