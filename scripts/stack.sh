@@ -525,7 +525,7 @@ start_serving() {
 
 start_spark() {
   if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
-  local port=${settings[TIDAL_SPARK_PORT]} spark_home master memory codegen_entries i params_env=()
+  local port=${settings[TIDAL_SPARK_PORT]} spark_home entry master memory codegen_entries i params_env=()
   # Only when set: an empty TIDAL_PARAMS would name the current folder, not the checkout's params.yaml.
   if [[ -n ${settings[TIDAL_PARAMS]} ]]; then params_env=("TIDAL_PARAMS=${settings[TIDAL_PARAMS]}"); fi
   spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
@@ -547,8 +547,8 @@ start_spark() {
   # 0.65 s from the venv's compiled copy of the same wheel (benchmarks/features/RESULTS.md, "2026-12-05: the
   # foreachBatch worker imports compiled pyspark; a batch's outputs side by side").
   rm -rf "$stack_dir/spark/home" && mkdir -p "$stack_dir/spark/home" || return 1
-  for i in "$spark_home"/*; do
-    [[ $(basename "$i") == python ]] || ln -s "$i" "$stack_dir/spark/home/" || return 1
+  for entry in "$spark_home"/*; do
+    [[ $(basename "$entry") == python ]] || ln -s "$entry" "$stack_dir/spark/home/" || return 1
   done
   # The server runs the features job's foreachBatch callback in a Python worker of its own: that worker must be
   # this venv's interpreter with the checkout importable. The JVM binds loopback only (gRPC, driver RPC, blocks)

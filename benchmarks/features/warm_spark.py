@@ -31,7 +31,6 @@ from statistics import median
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-STACK = REPO_ROOT / "scripts" / "stack.sh"
 
 
 def free_port() -> int:
@@ -40,31 +39,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stack(stack_dir: Path, port: int, *args: str, params: Path | None = None) -> subprocess.CompletedProcess:
-    """scripts/stack.sh on a private stack folder and Spark port; `params` (a params.yaml) sets the server's master
-    and heap (features.spark_master, features.spark_driver_memory)."""
+def stack(stack_dir: Path, port: int, *args: str, params: Path | None = None,
+          checkout: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """`checkout`'s scripts/stack.sh on a private stack folder and Spark port; `params` (a params.yaml) sets the
+    server's master and heap (features.spark_master, features.spark_driver_memory)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDAL_", "AIRFLOW_"))}
     env.update(TIDAL_STACK_DIR=str(stack_dir), TIDAL_SPARK_PORT=str(port), TIDAL_VENV_BIN=str(Path(sys.executable).parent))
     if params is not None:
         env["TIDAL_PARAMS"] = str(params)
-    return subprocess.run([str(STACK), *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(checkout / "scripts" / "stack.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def cycle(events: int, remote: str | None) -> dict:
+def cycle(events: int, remote: str | None, checkout: Path = REPO_ROOT) -> dict:
+    """One features task of `checkout` (its cycle_cost.py) in a new process: on the server at `remote`, or on a
+    local JVM when it is None."""
     env = {k: v for k, v in os.environ.items() if k not in ("TIDAL_SPARK_REMOTE", "SPARK_REMOTE", "TIDAL_HOME")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONPATH"] = str(checkout)
     if remote:
         env["TIDAL_SPARK_REMOTE"] = remote
     load_before, started = os.getloadavg()[0], time.monotonic()
     done = subprocess.run([sys.executable, "benchmarks/features/cycle_cost.py", "--events", str(events)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
     wall = time.monotonic() - started
     if done.returncode != 0:
-        raise SystemExit(f"cycle_cost.py failed ({'connect' if remote else 'local'}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"cycle_cost.py failed ({'connect' if remote else 'local'}, {checkout}):\n"
+                         f"{done.stderr[-3000:]}")
     result = json.loads(done.stdout[done.stdout.index("{"):])
     return {"spark": "connect" if remote else "local", "task_wall_s": round(wall, 2), **result,
             "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)}

@@ -16,40 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stack(checkout: Path, stack_dir: Path, port: int, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDAL_", "AIRFLOW_"))}
-    env.update(TIDAL_STACK_DIR=str(stack_dir), TIDAL_SPARK_PORT=str(port), TIDAL_VENV_BIN=str(Path(sys.executable).parent))
-    return subprocess.run([str(checkout / "scripts" / "stack.sh"), *args], env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
-def task(checkout: Path, remote: str, events: int) -> dict:
-    """One features task of `checkout`, as a new process on the server at `remote`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TIDAL_HOME", "SPARK_REMOTE")}
-    env.update(PYTHONPATH=str(checkout), TIDAL_SPARK_REMOTE=remote)
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "benchmarks/features/cycle_cost.py", "--events", str(events)], cwd=checkout,
-                          env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"cycle_cost.py failed in {checkout}:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout[done.stdout.index("{"):])
-    return {**result, "task_wall_s": round(time.monotonic() - started, 2), "load_1m": round(os.getloadavg()[0], 2)}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.features.warm_spark import cycle, free_port, stack  # noqa: E402  (after the path is set)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,17 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(args.rounds):
         for checkout in checkouts if round_no % 2 == 0 else checkouts[::-1]:
             stack_dir, port = Path(tempfile.mkdtemp(prefix="tidal-ab-")) / "stack", free_port()
-            up = stack(checkout, stack_dir, port, "up", "spark")
+            up = stack(stack_dir, port, "up", "spark", checkout=checkout)
             try:
                 if up.returncode != 0:
                     raise SystemExit(f"scripts/stack.sh up spark failed in {checkout}:\n{up.stderr[-3000:]}")
                 for task_no in range(1, args.tasks + 1):
-                    run = {"round": round_no, "task": task_no, **task(checkout, f"sc://127.0.0.1:{port}", args.events)}
+                    run = {"round": round_no, "task": task_no,
+                           **cycle(args.events, f"sc://127.0.0.1:{port}", checkout=checkout)}
                     runs[str(checkout)].append(run)
                     print(f"{checkout} round {round_no} task {task_no}: pass {run['features_pass_s']} s, "
-                          f"nothing new {run['empty_pass_s']} s, load {run['load_1m']}", flush=True)
+                          f"nothing new {run['empty_pass_s']} s, load {run['load_1m_after']}", flush=True)
             finally:
-                stack(checkout, stack_dir, port, "down")
+                stack(stack_dir, port, "down", checkout=checkout)
     summary = {}
     for checkout, rows in runs.items():
         later = [r for r in rows if r["task"] > 1]

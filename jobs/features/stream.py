@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jobs.features.compact import compact_bronze
 from jobs.features.online import publish_batch
@@ -88,32 +88,37 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
 
     def training_outputs() -> tuple[list[str], list[str], dict[str, Any]]:
         training, outlier_users, outlier_items = without_outliers(accepted, settings)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{batch_id}-recent") as side:
-            recent = side.submit(write_recent_items, spark, training, batch_id, layout, settings)
-            write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s)
+        recent, _ = side_by_side(
+            lambda: write_recent_items(spark, training, batch_id, layout, settings),
+            lambda: write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s))
         return outlier_users, outlier_items, publish_online_state(training, batch_id, layout, settings,
-                                                                  stats.new_max, recent.result())
+                                                                  stats.new_max, recent)
 
     # The outputs read the cached batch and nothing of each other, except along the training chain, so they run side
     # by side: a small batch's time is mostly each query's planning and its few short tasks, one after another, with
     # the cores idle in between (benchmarks/features/RESULTS.md, "2026-12-05: the foreachBatch worker imports compiled
     # pyspark; a batch's outputs side by side").
-    # Leaving the block waits for every output, so a failed one fails the batch before its manifest is written.
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"batch-{batch_id}") as outputs:
-        training_chain = outputs.submit(training_outputs)
-        others = [outputs.submit(write_bronze, accepted, batch_id, layout),
-                  outputs.submit(write_quarantine, classified, batch_id, layout),
-                  outputs.submit(write_dedupe_state, dedupe.seen, accepted, stats.new_watermark,
-                                 snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}")]
-    for written in others:
-        written.result()
-    outlier_users, outlier_items, online = training_chain.result()
+    (outlier_users, outlier_items, online), *_ = side_by_side(
+        training_outputs,
+        lambda: write_bronze(accepted, batch_id, layout),
+        lambda: write_quarantine(classified, batch_id, layout),
+        lambda: write_dedupe_state(dedupe.seen, accepted, stats.new_watermark,
+                                   snapshot_dirs(layout)["event_ids"] / f"batch_id={batch_id}"))
     classified.unpersist()
     manifest = {**batch_manifest(batch_id, layout, stats, dedupe.watermark, outlier_users, outlier_items),
                 "online_store": online}
     atomic_write_json(batch_manifest_path(layout, batch_id), manifest)
     prune_snapshots(layout, batch_id)
     return manifest
+
+
+def side_by_side(*steps: Callable[[], Any]) -> list[Any]:
+    """Run the steps on threads of their own; their results, in order. Every step has ended before this returns or
+    raises, so when one fails (and fails its batch before the manifest is written) none is still writing while the
+    batch is replayed."""
+    with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="batch-output") as pool:
+        running = [pool.submit(step) for step in steps]
+    return [step.result() for step in running]
 
 
 def event_rules(settings: Settings, now_epoch_s: float) -> EventRules:
@@ -200,16 +205,18 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     state_path = dirs["entities"] / f"batch_id={batch_id}"
     state = update_entity_state(read_snapshot(spark, latest_snapshot_before(dirs["entities"], batch_id),
                                               ENTITY_STATE_SCHEMA), training, fp.half_life_s, events_time_range_s)
-    # The entity state and the item buckets are independent updates: written side by side (see process_micro_batch).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{batch_id}-state") as side:
-        state_written = side.submit(lambda: state.write.mode("overwrite").parquet(str(state_path)))
+
+    def item_buckets():
         # Item popularity over sliding windows: per-(item, time bucket) counts, updated the same way. Kept in memory
         # for the batch: the pruned snapshot and the examples' windows both read it (the examples the unpruned one).
-        buckets = update_item_buckets(read_snapshot(spark, latest_snapshot_before(dirs["item_buckets"], batch_id),
-                                                    ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
-        prune_item_buckets(buckets, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
+        merged = update_item_buckets(read_snapshot(spark, latest_snapshot_before(dirs["item_buckets"], batch_id),
+                                                   ITEM_BUCKET_STATE_SCHEMA), training, fp.popularity_bucket_s).persist()
+        prune_item_buckets(merged, fp.popularity_bucket_s, max(fp.popularity_windows_s) + fp.allowed_lateness_s) \
             .write.mode("overwrite").parquet(str(dirs["item_buckets"] / f"batch_id={batch_id}"))
-    state_written.result()
+        return merged
+
+    # The entity state and the item buckets are independent updates, written side by side.
+    _, buckets = side_by_side(lambda: state.write.mode("overwrite").parquet(str(state_path)), item_buckets)
     # Each join below has a side Spark broadcasts while it is under spark.sql.autoBroadcastJoinThreshold (10 MB by
     # default): the entity state (every entity seen so far), the window sums (this batch's items and buckets), the
     # catalogue. Then the examples go from the cached batch to their files without a shuffle; a larger side makes
