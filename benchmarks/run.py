@@ -63,7 +63,8 @@ def features_section(events: list[int], driver_memory: str, timeout_s: float) ->
     out = Path(tempfile.mkdtemp(prefix="tidal-bench-")) / "throughput.json"
     run_script(["benchmarks/features/throughput.py", "--events", *map(str, events), "--no-record", "--warm-server",
                 "--driver-memory", driver_memory, "--json", str(out)], timeout_s)
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows, warm_up_s = result["rows"], result.get("warm_up_s") or {}
     figures = []
     for r in rows:
         duck = r["duckdb"]
@@ -71,7 +72,9 @@ def features_section(events: list[int], driver_memory: str, timeout_s: float) ->
             spark = r.get(kind, {})
             ok = "events_per_s" in spark and "events_per_s" in duck
             start = (f"Spark start {spark.get('start_s', 0):.1f} s (not counted)" if kind == "spark" else
-                     f"session on the server {spark.get('start_s', 0):.1f} s (not counted), after one warm-up task")
+                     f"session on the server {spark.get('start_s', 0):.1f} s (not counted), after the warm-up "
+                     f"tasks (one file {warm_up_s.get('first_task')} s, then the warm-up pass "
+                     f"{warm_up_s.get('warm_up_pass')} s)")
             figures.append({"figure": f"features events/s at {r['events']:,} events, {label}",
                             "value": round(spark["events_per_s"]) if ok else None,
                             "baseline": round(duck["events_per_s"]) if ok else None, "baseline_name": "DuckDB batch",

@@ -61,6 +61,8 @@ class FeaturesParams(_Section):
         64, ge=1, description="files a bronze date that can still get events may reach before it is compacted")
     spark_master: str = "local[2]"
     shuffle_partitions: int = Field(4, ge=1)
+    max_partition_mb: int = Field(
+        32, ge=1, description="most MB of input files one Spark task reads (spark.sql.files.maxPartitionBytes)")
     spark_driver_memory: str = Field("1g", pattern=r"^[1-9][0-9]*[kmgt]$",
                                      description="JVM heap of the local Spark driver (spark.driver.memory), e.g. 8g")
     online_recent_items: int = Field(50, ge=1, description="items kept per user in the online store, newest first")

@@ -31,17 +31,22 @@ CODEGEN_CACHE_ENTRIES = 1000
 
 # Session settings that a Connect client may set per session (the server's static ones, such as the UI, the driver's
 # address and heap, are fixed when scripts/stack.sh starts it).
-def session_conf(shuffle_partitions: int) -> dict[str, str]:
+def session_conf(shuffle_partitions: int, max_partition_mb: int = 32) -> dict[str, str]:
     return {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(shuffle_partitions),
         # A replayed micro-batch rewrites only the partitions it owns.
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # Spark packs a file scan into tasks of up to 128 MB by default, and makes only as many as the cores when the
+        # input is smaller: a million events in 50 landing files became 4 tasks of 15, 15, 15 and 5 files on 2 cores,
+        # and one core idled through the slow stage's last third. Smaller tasks end a stage with the cores evenly
+        # busy, on any number of cores (benchmarks/features/RESULTS.md, "2026-12-05: smaller read tasks").
+        "spark.sql.files.maxPartitionBytes": str(max_partition_mb * 1024 * 1024),
     }
 
 
 def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "tidal",
-                  driver_memory: str = "1g"):
+                  driver_memory: str = "1g", max_partition_mb: int = 32):
     # Imported here so that importing a job module (e.g. from a DAG file) never starts a JVM.
     from pyspark.sql import SparkSession
 
@@ -59,7 +64,7 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
         .config("spark.driver.memory", driver_memory)
         .config("spark.sql.codegen.cache.maxEntries", str(CODEGEN_CACHE_ENTRIES))
     )
-    for key, value in session_conf(shuffle_partitions).items():
+    for key, value in session_conf(shuffle_partitions, max_partition_mb).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -80,7 +85,7 @@ CONNECT_SESSION_CONF = {
 }
 
 
-def connect_session(remote: str, shuffle_partitions: int = 4):
+def connect_session(remote: str, shuffle_partitions: int = 4, max_partition_mb: int = 32):
     """A session on the Spark Connect server at `remote` (sc://HOST:PORT): no JVM in this process. The session
     settings are applied on every call, as getOrCreate returns the process's existing session."""
     import socket
@@ -97,7 +102,7 @@ def connect_session(remote: str, shuffle_partitions: int = 4):
         raise RuntimeError(f"no Spark Connect server at {remote} ({err}): start the stack's with "
                            "`scripts/stack.sh up spark`, or unset TIDAL_SPARK_REMOTE to run a local Spark") from None
     builder = SparkSession.builder.remote(remote)
-    for key, value in {**session_conf(shuffle_partitions), **CONNECT_SESSION_CONF}.items():
+    for key, value in {**session_conf(shuffle_partitions, max_partition_mb), **CONNECT_SESSION_CONF}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if spark.session_id not in _released_at_exit:
@@ -114,8 +119,9 @@ _released_at_exit: set[str] = set()
 def spark_for(settings: Settings):
     fp = settings.params.features
     if settings.spark_remote:
-        return connect_session(settings.spark_remote, fp.shuffle_partitions)
-    return spark_session(fp.spark_master, fp.shuffle_partitions, driver_memory=fp.spark_driver_memory)
+        return connect_session(settings.spark_remote, fp.shuffle_partitions, fp.max_partition_mb)
+    return spark_session(fp.spark_master, fp.shuffle_partitions, driver_memory=fp.spark_driver_memory,
+                         max_partition_mb=fp.max_partition_mb)
 
 
 def is_connect(spark) -> bool:

@@ -11,9 +11,12 @@ size, each in a fresh process so neither engine inherits the other's memory or J
      the files as one micro-batch (max_files_per_trigger = the file count);
   2. DuckDB: `duckdb_features.run_batch` over the same files (threads = the Spark master's cores);
   3. with `--warm-server`, also Spark as the stack runs it: the same pass as a task on a private Spark Connect server
-     (`scripts/stack.sh up spark`, same master and heap) that has already run one warm-up task of one file, so its
-     JIT is warm as on a long-lived stack. Spark Connect compiles each task's generated code afresh (it keys the
-     code cache by the session's class loader), as it does for every cycle's task.
+     (`scripts/stack.sh up spark`, same master and heap) that has already run two warm-up tasks, one of one file
+     and one of `--warm-up-events` events (default 1M: what a stack of 10k-event cycles every 30 s has processed
+     within its first hour), so its JIT is warm as on a long-lived stack. The warm-up events are files of their
+     own, generated after the largest size's, so no measured pass reads a file the warm-up read. One warm-up task
+     of one file was not enough: the first 1M pass after it took 36-39 s, the same pass after a 1M one 20-23 s
+     (benchmarks/features/RESULTS.md, "2026-12-05: smaller read tasks"); both warm-up times are recorded.
 Events/s = landed records / seconds of work; ratio = DuckDB events/s / Spark events/s. The two runs' counts are
 compared (a throughput number for different work would be meaningless). The 1-minute load average is sampled
 through each run, since the 2 cores are shared. Results go to throughput.json next to this file and a section is
@@ -176,11 +179,12 @@ def generate_landing(home: Path, events: int, events_per_file: int, seed: int) -
             "bytes": sum(f.path.stat().st_size for f in files)}
 
 
-def link_landing(source: Path, home: Path, files: int) -> Path:
-    """A fresh home whose landing holds the first `files` files of `source` (hard links) and its items.csv."""
+def link_landing(source: Path, home: Path, files: int, skip: int = 0) -> Path:
+    """A fresh home whose landing holds `files` files of `source` after its first `skip` (hard links) and its
+    items.csv."""
     landing = home / "landing" / "events"
     landing.mkdir(parents=True)
-    for path in sorted(source.glob("landing/events/events-*.jsonl"))[:files]:
+    for path in sorted(source.glob("landing/events/events-*.jsonl"))[skip:skip + files]:
         os.link(path, landing / path.name)
     (home / "landing" / "items").mkdir(parents=True)
     shutil.copy(source / "landing" / "items" / "items.csv", home / "landing" / "items" / "items.csv")
@@ -194,7 +198,6 @@ class WarmServer:
     stack_dir: Path
     port: int
     start_s: float
-    warm_up_s: float | None = None
 
     @property
     def url(self) -> str:
@@ -224,6 +227,25 @@ class WarmServer:
         down = stack(self.stack_dir, self.port, "down")
         if down.returncode != 0:
             print(f"[throughput] scripts/stack.sh down failed:\n{down.stderr[-2000:]}", file=sys.stderr)
+
+
+def warm_up(server: WarmServer, workdir: Path, measured_files: int, warm_up_files: int,
+            timeout_s: float) -> dict[str, float]:
+    """The server's warm-up tasks: one file (the first task on a server compiles everything), then `warm_up_files`
+    files that no measured pass reads (the JIT gets hot over volume, not over tasks). Their work seconds."""
+    seconds = {}
+    for name, files in (("first_task", 1), ("warm_up_pass", warm_up_files)):
+        if files == 0:
+            continue
+        home = link_landing(workdir / "source", workdir / f"warm-up-{name}", files, skip=measured_files)
+        overrides = {"features": {"max_files_per_trigger": files}}
+        warmed = run_in_child("spark", {"home": str(home), "overrides": overrides, "now": NOW_EPOCH_S,
+                                        "remote": server.url}, timeout_s, workdir / f"warm-up-{name}.log")
+        if "work_s" not in warmed:  # the warm figures would silently be a cold server's
+            raise SystemExit(f"the warm-up task on the Spark Connect server failed: {warmed.get('error')}")
+        seconds[name] = round(warmed["work_s"], 2)
+        shutil.rmtree(home, ignore_errors=True)
+    return seconds
 
 
 def master_cores(master: str) -> int:
@@ -280,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master", default="local[2]", help="Spark master (DuckDB gets as many threads)")
     parser.add_argument("--driver-memory", default="8g", help="features.spark_driver_memory for the Spark run")
     parser.add_argument("--duckdb-memory-limit", default="8GB")
+    parser.add_argument("--warm-up-events", type=int, default=1_000_000,
+                        help="with --warm-server: events of the warm-up pass before the measured ones")
     parser.add_argument("--max-files-per-trigger", type=int, default=None,
                         help="default: all files, i.e. one micro-batch")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per pass")
@@ -289,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here (benchmarks/run.py reads it)")
     parser.add_argument("--warm-server", action="store_true",
                         help="also run Spark as the stack runs it: each size as a task on a Spark Connect server "
-                             "(scripts/stack.sh, same master and heap) that has already run one warm-up task")
+                             "(scripts/stack.sh, same master and heap) that has already run the warm-up tasks")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PAYLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -303,30 +327,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sizes = sorted(set(args.events))
-    if any(n % args.events_per_file for n in sizes):
-        parser.error("every --events must be a multiple of --events-per-file")
+    if any(n % args.events_per_file for n in (*sizes, args.warm_up_events)):
+        parser.error("every --events and --warm-up-events must be a multiple of --events-per-file")
+    warm_up_files = args.warm_up_events // args.events_per_file if args.warm_server else 0
+    extra_files = max(warm_up_files, 1) if args.warm_server else 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tidal-throughput-"))
     command = "PYTHONPATH=. .venv/bin/python benchmarks/features/throughput.py " + " ".join(argv or sys.argv[1:])
     threads = master_cores(args.master)
     rows: list[dict[str, Any]] = []
     load = LoadSampler()
-    server = None
+    server, warm_up_s = None, None
     try:
         with load:
-            print(f"[throughput] generating {sizes[-1]:,} events into {workdir}", file=sys.stderr, flush=True)
-            generated = generate_landing(workdir / "source", sizes[-1], args.events_per_file, args.seed)
+            total = sizes[-1] + extra_files * args.events_per_file
+            print(f"[throughput] generating {total:,} events into {workdir}", file=sys.stderr, flush=True)
+            generated = generate_landing(workdir / "source", total, args.events_per_file, args.seed)
             print(f"[throughput] generated {generated}", file=sys.stderr, flush=True)
             kinds = ("spark", "duckdb")
             if args.warm_server:
                 server = WarmServer.start(workdir, args.master, args.driver_memory)
-                warm_up = link_landing(workdir / "source", workdir / "warm-up", 1)
-                warmed = run_in_child("spark", {"home": str(warm_up), "overrides": {}, "now": NOW_EPOCH_S,
-                                                "remote": server.url}, args.timeout_s, workdir / "warm-up.log")
-                if "work_s" not in warmed:  # the warm figures would silently be a cold server's
-                    raise SystemExit(f"the warm-up task on the Spark Connect server failed: {warmed.get('error')}")
-                server.warm_up_s = warmed["work_s"]
-                print(f"[throughput] Spark Connect server up in {server.start_s:.1f} s, warm-up task "
-                      f"{server.warm_up_s} s", file=sys.stderr, flush=True)
+                warm_up_s = warm_up(server, workdir, sizes[-1] // args.events_per_file, warm_up_files,
+                                    args.timeout_s)
+                print(f"[throughput] Spark Connect server up in {server.start_s:.1f} s, warm-up tasks "
+                      f"{warm_up_s} s", file=sys.stderr, flush=True)
                 kinds = ("spark", "spark_warm", "duckdb")
             for events in sizes:
                 files = events // args.events_per_file
@@ -368,9 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(note)
     if args.json:
-        args.json.write_text(json.dumps({"command": command, "load_avg_1m": load.summary(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"command": command, "load_avg_1m": load.summary(), "rows": rows,
+                                         "warm_up_s": warm_up_s}, indent=2))
     if not args.no_record:
         record = {"command": command, "machine": note, "generated": generated, "events_per_file": args.events_per_file,
+                  "warm_up_s": warm_up_s,
                   "master": args.master, "duckdb_threads": threads, "driver_memory": args.driver_memory,
                   "duckdb_memory_limit": args.duckdb_memory_limit, "now_epoch_s": NOW_EPOCH_S,
                   "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}

@@ -55,3 +55,25 @@ def test_a_long_lived_session_compiles_a_features_batch_once_not_per_batch(spark
         assert summary["batch_ids"] == [batch_id] and summary["quarantined"] > 0
     # The second batch is the first with state to read (its plans differ from the first's); the third has its shape.
     assert compiled[2] <= 20, compiled
+
+
+def test_a_file_scan_is_cut_into_tasks_of_at_most_max_partition_mb(spark, tidal_env, tmp_path):
+    """features.max_partition_mb reaches the session (spark_for), and Spark packs fewer files into each task. Ten
+    1.5 MB files count as 55 MB (Spark adds 4 MB per file for opening it); on one core Spark aims at one task of
+    all 55 MB, which a 64 MB cap allows, where a 2 MB cap gives each file a task of its own."""
+    from tidal.spark import spark_for
+
+    files = tmp_path / "landing"
+    files.mkdir()
+    for i in range(10):
+        (files / f"events-{i:02d}.jsonl").write_bytes(b"x" * 1_500_000)
+    before = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    try:
+        tasks = {}
+        for cap_mb in (64, 2):
+            session = spark_for(tidal_env({"features": {"max_partition_mb": cap_mb}}))
+            assert session.conf.get("spark.sql.files.maxPartitionBytes") == str(cap_mb * 1024 * 1024)
+            tasks[cap_mb] = session.read.format("binaryFile").load(str(files)).rdd.getNumPartitions()
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", before)
+    assert tasks == {64: 1, 2: 10}
