@@ -457,3 +457,19 @@ def test_a_failed_output_fails_its_batch_after_the_others_finished_and_the_rerun
     assert (rerun["landed"], rerun["accepted"], rerun["quarantined"]) == (7, 6, 1)
     assert rerun["quarantine_reasons"] == {"malformed_json": 1}
     assert len(pd.read_parquet(layout.quarantine_events / "batch_id=0")) == 1
+
+
+def test_only_a_landing_folder_holding_a_parquet_file_makes_a_batch_look_for_them(tmp_path):
+    """batch_lines skips the query that names a batch's Parquet files (it reads every file's content) unless one has
+    landed: in the folder or below it, in any case of its extension."""
+    from jobs.features.stream import holds_parquet
+
+    landing = tmp_path / "events"
+    assert not holds_parquet(landing)
+    landing.mkdir()
+    (landing / "events-000000.jsonl").write_text("{}\n")
+    (landing / "notes.parquet.txt").write_text("not a Parquet file")
+    assert not holds_parquet(landing)
+    (landing / "day=1").mkdir()
+    (landing / "day=1" / "events-000001.PARQUET").write_bytes(b"PAR1")
+    assert holds_parquet(landing)
