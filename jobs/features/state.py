@@ -201,7 +201,8 @@ def entity_features(examples_df, state_df, half_life_s: float, event_types: tupl
     mix = mix.select("user_id", *[(F.coalesce(F.col(e), F.lit(0.0)) / total).alias(f"user_share_{e}")
                                   for e in event_types])
     out = out.join(mix, "user_id", "left")
-    return out.drop(*[c for c in out.columns if c.startswith("_")])
+    # The helper columns by name (not out.columns, a whole-plan analysis on the server per call on Spark Connect).
+    return out.drop(*[f"_{kind}_{part}" for kind in ("user", "item") for part in ("c", "t")])
 
 
 def item_content_features(examples_df, items_df):

@@ -179,8 +179,10 @@ def classify_events(lines_df, rules: EventRules):
     reason = F.lit(None).cast("string")
     for condition, label in reversed(checks):
         reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
+    # The helper columns by name, not from df.columns: on Spark Connect that asks the server to analyse the whole
+    # plan, ~0.1 s a call on a warm server, on every micro-batch's critical path.
     return df.withColumn("quarantine_reason", reason).drop(
-        "_marker", "_wrapped", "_v", *[c for c in df.columns if c.startswith(("_t_", "_f_"))])
+        "_marker", "_wrapped", "_v", *[f"{prefix}{name}" for name in fields for prefix in ("_t_", "_f_")])
 
 
 # The names schema_of_variant gives a JSON number: an integer by its size, a double, or DECIMAL(p,s).
@@ -282,9 +284,8 @@ def dedupe_with_watermark(parsed_df, seen_df, watermark: datetime | None):
                    & (F.col("event_time") < F.lit(watermark.timestamp()).cast("timestamp")))
         df = df.withColumn("quarantine_reason", F.when(is_late, F.lit("late")).otherwise(F.col("quarantine_reason")))
     is_valid = F.col("quarantine_reason").isNull()
-    if "line" in df.columns:
-        # Only a quarantined record is ever written with its raw line: the dedupe shuffle need not carry the others.
-        df = df.withColumn("line", F.when(~is_valid, F.col("line")))
+    # Only a quarantined record is ever written with its raw line: the dedupe shuffle need not carry the others.
+    df = df.withColumn("line", F.when(~is_valid, F.col("line")))
     first_in_batch = Window.partitionBy("event_id", is_valid).orderBy("source_file", "line_number")
     ranked = df.withColumn("_rank", F.row_number().over(first_in_batch))
     seen = seen_df.select("event_id").distinct().withColumn("_seen", F.lit(True))

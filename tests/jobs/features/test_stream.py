@@ -361,7 +361,10 @@ def test_bronze_is_partitioned_by_event_date(feature_runs):
 
 
 def test_dedupe_with_watermark_statuses(spark):
-    """Pure transform: late beyond the watermark -> quarantined "late"; within it -> accepted; seen id -> duplicate."""
+    """Pure transform: late beyond the watermark -> quarantined "late"; within it -> accepted; seen id -> duplicate.
+    Only a quarantined record keeps its raw line (the only one ever written with it)."""
+    from pyspark.sql import functions as F
+
     from jobs.features.transforms import dedupe_with_watermark
 
     parsed = spark.createDataFrame([
@@ -369,13 +372,15 @@ def test_dedupe_with_watermark_statuses(spark):
         ("old", "2026-10-01 00:00:00", None, "f", 3), ("new", "2026-11-02 00:00:00", None, "f", 4),
         ("bad", "2026-10-01 00:00:00", "missing_user_id", "f", 5), ("edge", "2026-11-01 00:00:00", None, "f", 6),
     ], "event_id string, event_time string, quarantine_reason string, source_file string, line_number int") \
-        .withColumn("event_time", F_to_ts("event_time"))
+        .withColumn("event_time", F_to_ts("event_time")) \
+        .withColumn("line", F.concat(F.lit("raw "), F.col("line_number").cast("string")))
     seen = spark.createDataFrame([("seen", datetime(2026, 11, 2))], "event_id string, event_time timestamp")
     watermark = datetime(2026, 11, 1, tzinfo=timezone.utc)
     rows = dedupe_with_watermark(parsed, seen, watermark).orderBy("line_number").collect()
     assert [(r.event_id, r.status, r.quarantine_reason) for r in rows] == [
         ("new", "accepted", None), ("seen", "duplicate", None), ("old", "quarantined", "late"),
         ("new", "duplicate", None), ("bad", "quarantined", "missing_user_id"), ("edge", "accepted", None)]
+    assert [r.line for r in rows] == [None, None, "raw 3", None, "raw 5", None]
     no_watermark = dedupe_with_watermark(parsed, seen, None).orderBy("line_number").collect()
     assert [r.status for r in no_watermark][2] == "accepted"
 
