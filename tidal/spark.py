@@ -40,7 +40,7 @@ def session_conf(shuffle_partitions: int, max_partition_mb: int = 32) -> dict[st
         # Spark packs a file scan into tasks of up to 128 MB by default, and makes only as many as the cores when the
         # input is smaller: a million events in 50 landing files became 4 tasks of 15, 15, 15 and 5 files on 2 cores,
         # and one core idled through the slow stage's last third. Smaller tasks end a stage with the cores evenly
-        # busy, on any number of cores (benchmarks/features/RESULTS.md, "2026-12-05: smaller read tasks").
+        # busy, on any number of cores (benchmarks/features/RESULTS.md, "2026-12-05 (later): smaller read tasks").
         "spark.sql.files.maxPartitionBytes": str(max_partition_mb * 1024 * 1024),
     }
 

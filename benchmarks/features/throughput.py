@@ -15,8 +15,8 @@ size, each in a fresh process so neither engine inherits the other's memory or J
      and one of `--warm-up-events` events (default 1M: what a stack of 10k-event cycles every 30 s has processed
      within its first hour), so its JIT is warm as on a long-lived stack. The warm-up events are files of their
      own, generated after the largest size's, so no measured pass reads a file the warm-up read. One warm-up task
-     of one file was not enough: the first 1M pass after it took 36-39 s, the same pass after a 1M one 20-23 s
-     (benchmarks/features/RESULTS.md, "2026-12-05: smaller read tasks"); both warm-up times are recorded.
+     of one file was not enough: the first 1M pass after it took 36-39 s, the same pass after several 1M ones 20-23 s
+     (benchmarks/features/RESULTS.md, "2026-12-05 (later): smaller read tasks"); both warm-up times are recorded.
 Events/s = landed records / seconds of work; ratio = DuckDB events/s / Spark events/s. The two runs' counts are
 compared (a throughput number for different work would be meaningless). The 1-minute load average is sampled
 through each run, since the 2 cores are shared. Results go to throughput.json next to this file and a section is
