@@ -187,14 +187,16 @@ def entity_features(examples_df, state_df, half_life_s: float, event_types: tupl
     parts = F.split("key", SEP)
     state = state_df.select(parts.getItem(0).alias("_kind"), parts.getItem(1).alias("_id"),
                             parts.getItem(2).alias("_type"), "decayed_count", "last_event_s", "batch_events")
-    out = examples_df
+    out, helpers = examples_df, []
     for kind in ("user", "item"):
+        count, last = f"_{kind}_c", f"_{kind}_t"
+        helpers += [count, last]
         side = state.filter(F.col("_kind") == kind).select(
-            F.col("_id").alias(f"{kind}_id"), F.col("decayed_count").alias(f"_{kind}_c"),
-            F.col("last_event_s").alias(f"_{kind}_t"), F.col("batch_events").alias(f"{kind}_batch_events"))
+            F.col("_id").alias(f"{kind}_id"), F.col("decayed_count").alias(count),
+            F.col("last_event_s").alias(last), F.col("batch_events").alias(f"{kind}_batch_events"))
         out = out.join(side, f"{kind}_id", "left") \
-            .withColumn(f"{kind}_decayed_count", F.col(f"_{kind}_c") * F.exp(-rate * (t - F.col(f"_{kind}_t")))) \
-            .withColumn(f"{kind}_recency_s", F.greatest(F.col(f"_{kind}_t") - t, F.lit(0.0)))
+            .withColumn(f"{kind}_decayed_count", F.col(count) * F.exp(-rate * (t - F.col(last)))) \
+            .withColumn(f"{kind}_recency_s", F.greatest(F.col(last) - t, F.lit(0.0)))
     mix = state.filter(F.col("_kind") == "type").groupBy(F.col("_id").alias("user_id")) \
         .pivot("_type", list(event_types)).agg(F.first("decayed_count"))
     total = sum((F.coalesce(F.col(e), F.lit(0.0)) for e in event_types), F.lit(0.0))
@@ -202,7 +204,7 @@ def entity_features(examples_df, state_df, half_life_s: float, event_types: tupl
                                   for e in event_types])
     out = out.join(mix, "user_id", "left")
     # The helper columns by name (not out.columns, a whole-plan analysis on the server per call on Spark Connect).
-    return out.drop(*[f"_{kind}_{part}" for kind in ("user", "item") for part in ("c", "t")])
+    return out.drop(*helpers)
 
 
 def item_content_features(examples_df, items_df):
