@@ -2,7 +2,7 @@
 shell gets TIDAL_SPARK_REMOTE, and the features job run through it (as a task would: its own process, twice, new
 files landing in between) gives what a local Spark gives for the same landing files: the same bronze rows,
 examples, quarantine with reasons, and counts. The server's foreachBatch worker imports the venv's compiled
-pyspark. The job's process starts no JVM (it runs with no Java at all) and both runs reach the one server, whose pid
+pyspark, and is forked by the worker fork server in the server's session (tidal/worker_forkserver.py). The job's process starts no JVM (it runs with no Java at all) and both runs reach the one server, whose pid
 stays the same, and the second reuses most of the code the first compiled; `down` stops it and the next env has no
 remote."""
 
@@ -73,10 +73,10 @@ def two_task_runs(env: dict[str, str], between=lambda: None) -> list[dict]:
     return [first, second]
 
 
-def worker_module_file(url: str, folder: Path) -> str:
-    """Where the server's foreachBatch worker imported pyspark from: a one-file stream whose callback, which runs in
-    that worker, writes `pyspark.__file__` down. A process of its own, since a Connect client process cannot be a
-    local driver afterwards."""
+def foreach_batch_worker(url: str, folder: Path) -> dict:
+    """The server's foreachBatch worker as its callback sees it: where it imported pyspark from, its parent process,
+    its session. A one-file stream whose callback, which runs in that worker, writes them down. A process of its own,
+    since a Connect client process cannot be a local driver afterwards."""
     folder.mkdir(parents=True)
     (folder / "in").mkdir()
     (folder / "in" / "one.jsonl").write_text("{}\n")
@@ -84,14 +84,15 @@ def worker_module_file(url: str, folder: Path) -> str:
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.remote({url!r}).getOrCreate()
 def record(batch, batch_id):
-    import pyspark
-    open({str(folder / "pyspark_file")!r}, "w").write(pyspark.__file__)
+    import json, os, pyspark
+    worker = {{"pyspark_file": pyspark.__file__, "ppid": os.getppid(), "sid": os.getsid(0)}}
+    open({str(folder / "worker.json")!r}, "w").write(json.dumps(worker))
 (spark.readStream.format("text").load({str(folder / "in")!r}).writeStream.foreachBatch(record)
  .option("checkpointLocation", {str(folder / "checkpoint")!r}).trigger(availableNow=True).start().awaitTermination())
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return (folder / "pyspark_file").read_text()
+    return json.loads((folder / "worker.json").read_text())
 
 
 def classes_compiled(pid: int) -> int:
@@ -122,7 +123,13 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
 
     # The foreachBatch worker the server starts for every features task imports the venv's compiled pyspark, not the
     # wheel's pyspark.zip (no bytecode in it: 1.6 s of imports per task instead of 0.65 s; scripts/stack.sh says why).
-    assert Path(worker_module_file(url, tmp_path / "worker")) == Path(pyspark.__file__)
+    worker = foreach_batch_worker(url, tmp_path / "worker")
+    assert Path(worker["pyspark_file"]) == Path(pyspark.__file__)
+    # ... forked by the fork server, which runs in the server's session (so `down` stops it), not started anew by the
+    # JVM (0.7-0.9 s of imports per task; tidal/worker_forkserver.py says why).
+    forkserver = psutil.Process(worker["ppid"])
+    assert forkserver.cmdline()[1:4] == ["-m", "tidal.worker_forkserver", "serve"], forkserver.cmdline()
+    assert worker["sid"] == os.getsid(forkserver.pid) == os.getsid(server.pid)
 
     local_env = job_env(tmp_path / "local")
     # Without Java a local session cannot start: the check below, that the Connect runs need none, can fail.
@@ -164,7 +171,8 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
         pd.testing.assert_frame_equal(state[name], ref[name], check_dtype=False, obj=name)
 
     assert stack("down", env=env, timeout=180).returncode == 0
-    assert not psutil.pid_exists(server.pid) or server.status() == psutil.STATUS_ZOMBIE
+    for process in (server, forkserver):
+        assert not psutil.pid_exists(process.pid) or process.status() == psutil.STATUS_ZOMBIE
     assert "spark: stopped" in stack("status", env=env).stdout
     # The next `up` of another component no longer points jobs at the stopped server.
     assert stack("up", "valkey", env=env).returncode == 0
