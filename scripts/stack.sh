@@ -553,7 +553,7 @@ start_spark() {
   # The server runs the features job's foreachBatch callback in a Python worker of its own: that worker must be
   # this venv's interpreter with the checkout importable. Spark starts it through $stack_dir/spark/python, which has
   # it forked by the worker fork server started beside the JVM, with pyspark's Connect client already imported
-  # (0.7-0.9 s of every task's start; tidal/worker_forkserver.py says how, and falls back to this interpreter).
+  # (0.6-0.7 s of every task's start; tidal/worker_forkserver.py says how, and falls back to this interpreter).
   # The JVM binds loopback only (gRPC, driver RPC, blocks) and the UI is off. spark-submit execs the JVM, so the
   # recorded pid is the server itself; setsid, so `down` also stops the fork server and the Python workers.
   forkserver="tidal-worker-forkserver-$(printf %s "$stack_dir" | sha1sum | cut -c1-16)"

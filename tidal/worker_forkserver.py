@@ -4,8 +4,9 @@ Python process that has already imported pyspark's Connect client, instead of a 
 Why: on Spark Connect, every streaming query with a Python foreachBatch callback (one per features task) makes the
 server start `python -m pyspark.sql.connect.streaming.worker.foreach_batch_worker` as a new process (Spark's
 StreamingPythonRunner never uses its worker daemon). That interpreter spends most of its start importing pyspark's
-Connect client (pandas, pyarrow, grpc): 0.7-0.9 s of every task's `start()` on the stack's 2 cores, before a
-single event is read (benchmarks/features/RESULTS.md, "2026-12-05 (evening): the foreachBatch worker forked").
+Connect client (pandas, pyarrow, grpc): a trivial callback's query took 0.90-1.07 s to start on the stack's 2 cores,
+0.30-0.38 s with its worker forked from here (benchmarks/features/RESULTS.md, "2026-12-05 (evening): the
+foreachBatch worker forked").
 
 How: `scripts/stack.sh up spark` starts `serve` beside the server, in the server's session, and points the server's
 PYSPARK_PYTHON at a two-line shell script that runs `launch`. Spark starts every Python process through that

@@ -126,7 +126,7 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
     worker = foreach_batch_worker(url, tmp_path / "worker")
     assert Path(worker["pyspark_file"]) == Path(pyspark.__file__)
     # ... forked by the fork server, which runs in the server's session (so `down` stops it), not started anew by the
-    # JVM (0.7-0.9 s of imports per task; tidal/worker_forkserver.py says why).
+    # JVM (0.6-0.7 s of imports per task; tidal/worker_forkserver.py says why).
     forkserver = psutil.Process(worker["ppid"])
     assert forkserver.cmdline()[1:4] == ["-m", "tidal.worker_forkserver", "serve"], forkserver.cmdline()
     assert worker["sid"] == os.getsid(forkserver.pid) == os.getsid(server.pid)
