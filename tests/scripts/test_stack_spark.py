@@ -142,11 +142,12 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
                             between=lambda: compiled.append(classes_compiled(server.pid)))
     assert server.is_running() and int((private_stack / "pids" / "spark.pid").read_text()) == server.pid
     # Each task is a new client session, and its streaming query a new session again. The second task reuses what
-    # the first compiled (tidal.spark.CONNECT_SESSION_CONF says why it otherwise would not) and compiles only the
-    # stages that hold its own constants (its batch ids, its clock). Measured: 171 then 64 classes; 171 then 164
-    # without the reuse.
+    # the first compiled and compiles only the few stages that hold its own constants (its batch ids, its clock): the
+    # stack's server does not give each session a class loader of its own (tidal/spark_connect_server.py says why).
+    # Measured (two micro-batches per task here): 169 then 29 classes; 171 then 64 on the wheel's SparkConnectServer
+    # main, 171 then 164 without tidal.spark.CONNECT_SESSION_CONF there.
     first_task, second_task = compiled[1] - compiled[0], compiled[2] - compiled[1]
-    assert first_task > 100 and second_task < 0.6 * first_task, (first_task, second_task)
+    assert first_task > 100 and second_task < 0.25 * first_task, (first_task, second_task)
 
     # The summaries each task run reports: batches, files, counts and quarantine reasons, run for run.
     keep = ("batch_ids", "files", "landed", "accepted", "quarantined", "quarantine_reasons", "duplicates",
