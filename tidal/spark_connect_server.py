@@ -8,9 +8,10 @@ Why not the wheel's `SparkConnectServer` main class (what `start-connect-server.
 session then runs its queries under a class loader of its own, and Spark's compiled-code cache is keyed by that
 loader, so every features task (a new client session, and a new session again for its streaming query) compiled the
 same ~44 classes of generated code anew: 0.8-1.6 s of Janino per task before the JIT compiled them again
-(benchmarks/features/RESULTS.md, "2026-12-05 (evening)"). Served by the plugin, a session takes Spark's default
-(false): it gets a class loader of its own only once it adds classes or jars, and otherwise compiles against the
-server's shared one, so a task reuses what the tasks before it compiled.
+(benchmarks/features/RESULTS.md, "2026-12-05 (evening)"). Served by the plugin, a session takes the server's
+setting (false, as stack.sh passes it and as Spark defaults it): it gets a class loader of its own only once it adds
+classes or jars, and otherwise compiles against the server's shared one, so a task reuses what the tasks before it
+compiled. Artifact isolation itself stays on.
 
 Run by spark-submit, not by hand: `python -m tidal.spark_connect_server` alone would start a local Spark without the
 plugin.

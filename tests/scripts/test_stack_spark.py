@@ -2,9 +2,10 @@
 shell gets TIDAL_SPARK_REMOTE, and the features job run through it (as a task would: its own process, twice, new
 files landing in between) gives what a local Spark gives for the same landing files: the same bronze rows,
 examples, quarantine with reasons, and counts. The server's foreachBatch worker imports the venv's compiled
-pyspark, and is forked by the worker fork server in the server's session (tidal/worker_forkserver.py). The job's process starts no JVM (it runs with no Java at all) and both runs reach the one server, whose pid
-stays the same, and the second reuses most of the code the first compiled; `down` stops it and the next env has no
-remote."""
+pyspark, and is forked by the worker fork server in the server's session (tidal/worker_forkserver.py). The job's
+process starts no JVM (it runs with no Java at all) and both runs reach the one server (tidal/spark_connect_server.py),
+whose pid stays the same, and the second reuses most of the code the first compiled; `down` stops it and the fork
+server, and the next env has no remote."""
 
 from __future__ import annotations
 
