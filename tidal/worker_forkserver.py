@@ -193,9 +193,11 @@ def serve(name: str, preload: tuple[str, ...] = PRELOAD, allowed: tuple[str, ...
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     print(f"worker fork server: serving {allowed} on @{name} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    children: dict[int, socket.socket] = {}       # pid -> its launcher's connection
+    # pid -> its launcher's connection; None once the launcher has gone and the worker was killed, until it is reaped.
+    children: dict[int, socket.socket | None] = {}
     while not stopping:
-        ready, _, _ = select.select([listener, wake_read, *children.values()], [], [], 5.0)
+        launchers = [c for c in children.values() if c is not None]
+        ready, _, _ = select.select([listener, wake_read, *launchers], [], [], 5.0)
         for conn in ready:
             if conn == wake_read:
                 os.read(wake_read, 512)
@@ -205,6 +207,8 @@ def serve(name: str, preload: tuple[str, ...] = PRELOAD, allowed: tuple[str, ...
                 # A launcher's connection readable means it went away (it sends nothing after its request): its
                 # worker must not outlive the process Spark knows it by.
                 pid = next(p for p, c in children.items() if c is conn)
+                children[pid] = None  # nobody is left to tell its status; no longer watched, so killed once
+                conn.close()
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -216,7 +220,7 @@ def serve(name: str, preload: tuple[str, ...] = PRELOAD, allowed: tuple[str, ...
     return 0
 
 
-def _accept(listener: socket.socket, children: dict[int, socket.socket], allowed: tuple[str, ...],
+def _accept(listener: socket.socket, children: dict[int, socket.socket | None], allowed: tuple[str, ...],
             server_fds: tuple[int, ...]) -> None:
     conn, _ = listener.accept()
     fds: list[int] = []
@@ -238,7 +242,8 @@ def _accept(listener: socket.socket, children: dict[int, socket.socket], allowed
                 os.close(fd)
             listener.close()
             for other in children.values():
-                other.close()
+                if other is not None:
+                    other.close()
             conn.close()
             _run_child(request, fds)
         _send_message(conn, {"pid": pid})
@@ -252,7 +257,7 @@ def _accept(listener: socket.socket, children: dict[int, socket.socket], allowed
             os.close(fd)
 
 
-def _reap(children: dict[int, socket.socket]) -> None:
+def _reap(children: dict[int, socket.socket | None]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -34,11 +34,22 @@ sys.exit(int(os.environ.get("FORK_EXIT", "0")))
 """
 
 
+def fresh_name() -> str:
+    return f"tidal-test-forkserver-{uuid.uuid4().hex[:12]}"
+
+
+def serve_command(name: str, preload: tuple[str, ...]) -> list[str]:
+    """`serve` as a process of its own, serving the test's probe module."""
+    return [sys.executable, "-c", "import sys; from tidal.worker_forkserver import serve; "
+            f"sys.exit(serve({name!r}, preload={preload!r}, allowed=('forkprobe',)))"]
+
+
+def serve_env(modules: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{modules}"}
+
+
 def start_server(modules: Path, name: str, preload: tuple[str, ...] = ("json",)) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from tidal.worker_forkserver import serve; "
-         f"sys.exit(serve({name!r}, preload={preload!r}, allowed=('forkprobe',)))"],
-        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{modules}"}, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(serve_command(name, preload), env=serve_env(modules), stderr=subprocess.PIPE, text=True)
     ready = server.stderr.readline()
     assert "serving" in ready, ready + server.stderr.read()
     return server
@@ -55,7 +66,7 @@ def modules(tmp_path) -> Path:
 
 @pytest.fixture()
 def server(modules):
-    name = f"tidal-test-forkserver-{uuid.uuid4().hex[:12]}"
+    name = fresh_name()
     process = start_server(modules, name)
     yield name, process
     process.terminate()
@@ -90,7 +101,7 @@ def test_what_the_fork_server_does_not_serve_runs_on_the_real_interpreter_in_the
     assert refused.returncode == 4, err
     assert json.loads(out)["pid"] == refused.pid  # exec'd, not forked
     # No fork server under that name (none started, or it died): the same.
-    alone = launch(f"tidal-test-forkserver-none-{uuid.uuid4().hex[:8]}", "forkprobe", tmp_path, modules)
+    alone = launch(fresh_name(), "forkprobe", tmp_path, modules)
     out, err = alone.communicate(timeout=60)
     assert alone.returncode == 0, err
     assert json.loads(out)["pid"] == alone.pid and json.loads(out)["argv"] == ["first", "second"]
@@ -117,11 +128,8 @@ def test_the_fork_server_refuses_to_serve_when_its_imports_start_threads(modules
     # fork copies only the calling thread: a worker forked from a process with others could hang on their locks.
     (modules / "startsthread.py").write_text("import threading, time\n"
                                               "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
-    refused = subprocess.run(
-        [sys.executable, "-c", "import sys; from tidal.worker_forkserver import serve; "
-         "sys.exit(serve('tidal-test-forkserver-threads', preload=('startsthread',)))"],
-        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{modules}"}, capture_output=True, text=True,
-        timeout=60)
+    refused = subprocess.run(serve_command(fresh_name(), ("startsthread",)), env=serve_env(modules),
+                             capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert "started threads (2); not serving" in refused.stderr
 
@@ -129,7 +137,7 @@ def test_the_fork_server_refuses_to_serve_when_its_imports_start_threads(modules
 def test_the_stacks_fork_server_serves_with_the_shipped_preload():
     # pyspark's Connect client imports numpy and pyarrow, whose OpenBLAS pool and jemalloc purging thread start on
     # import unless told not to (tidal.worker_forkserver.SINGLE_THREADED_IMPORTS); with them it would refuse.
-    name = f"tidal-test-forkserver-{uuid.uuid4().hex[:12]}"
+    name = fresh_name()
     process = subprocess.Popen([sys.executable, "-m", "tidal.worker_forkserver", "serve", name], cwd=REPO_ROOT,
                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stderr=subprocess.PIPE, text=True)
     try:
