@@ -89,18 +89,45 @@ def flag_outliers(events_df, z_threshold: float, min_events: int):
     least `min_events` events, more than half of them from flagged users (the items a bot or scraper drove). Raw
     item counts are heavy-tailed by nature, so a z-score on them would flag the catalogue's head, not abuse.
     Runs one Spark job: the histogram of events per user, collected to score its counts (`robust_z_of_counts`)."""
+    return flagged_frames(events_df, *flagged_user_counts(events_df, z_threshold, min_events), min_events)
+
+
+def flagged_frames(events_df, per_user, flagged: dict[int, float], min_events: int):
+    """The flagged users and items as DataFrames, from `flagged_user_counts`'s result (no Spark job here)."""
     from pyspark.sql import functions as F
 
-    per_user = events_df.groupBy("user_id").agg(F.count("*").alias("events"))
-    histogram = {r["events"]: r["users"] for r in
-                 per_user.groupBy("events").agg(F.count("*").alias("users")).collect()}
-    flagged = {c: z for c, z in robust_z_of_counts(histogram).items() if z > z_threshold and c >= min_events}
     # z looked up from the few flagged counts (no flagged count: no row, so no z to look up).
     z_column = F.create_map(*[F.lit(v) for count, score in sorted(flagged.items()) for v in (count, float(score))]) \
         [F.col("events")] if flagged else F.lit(None).cast("double")
     users = per_user.filter(F.col("events").isin(list(flagged))).select("user_id", "events", z_column.alias("z"))
     by_bot = events_df.join(users.select("user_id", F.lit(1).alias("_bot")), "user_id", "left")
     return users, outlier_items(by_bot, F.col("_bot").isNotNull(), min_events)
+
+
+def flagged_user_counts(events_df, z_threshold: float, min_events: int):
+    """Events -> (per-user counts (user_id, events), {flagged count: its z}): the histogram of events per user is
+    collected (one Spark job) and scored on the driver (`robust_z_of_counts`)."""
+    from pyspark.sql import functions as F
+
+    per_user = events_df.groupBy("user_id").agg(F.count("*").alias("events"))
+    histogram = {r["events"]: r["users"] for r in
+                 per_user.groupBy("events").agg(F.count("*").alias("users")).collect()}
+    return per_user, {c: z for c, z in robust_z_of_counts(histogram).items() if z > z_threshold and c >= min_events}
+
+
+def outlier_ids(events_df, z_threshold: float, min_events: int) -> tuple[list[str], list[str]]:
+    """The ids `flag_outliers` flags, (users, items), each sorted, in one Spark job when nothing is flagged (the
+    usual batch: no item can be more than half driven by flagged users when there are none) and two otherwise (the
+    histogram, then both lists in one query), where collecting the users and then their items took three."""
+    from pyspark.sql import functions as F
+
+    per_user, flagged = flagged_user_counts(events_df, z_threshold, min_events)
+    if not flagged:
+        return [], []
+    users, items = flagged_frames(events_df, per_user, flagged, min_events)
+    rows = users.select(F.lit(True).alias("_is_user"), F.col("user_id").alias("_id")) \
+        .unionByName(items.select(F.lit(False).alias("_is_user"), F.col("item_id").alias("_id"))).collect()
+    return sorted(r["_id"] for r in rows if r["_is_user"]), sorted(r["_id"] for r in rows if not r["_is_user"])
 
 
 def outlier_items(events_df, from_flagged_user, min_events: int):

@@ -30,8 +30,8 @@ from typing import Any, Callable
 from jobs.features.compact import compact_bronze
 from jobs.features.online import publish_batch
 from jobs.features.state import (DEDUPE_STATE_SCHEMA, ENTITY_STATE_SCHEMA, ITEM_BUCKET_STATE_SCHEMA,
-                                 USER_RECENT_STATE_SCHEMA, entity_features, flag_outliers, item_content_features,
-                                 item_window_sums, join_window_popularity, outlier_items, popularity_keys,
+                                 USER_RECENT_STATE_SCHEMA, entity_features, item_content_features,
+                                 item_window_sums, join_window_popularity, outlier_ids, popularity_keys,
                                  prune_item_buckets, update_entity_state, update_item_buckets, update_user_recent)
 from jobs.features.transforms import (EventRules, classify_events, dedupe_with_watermark, example_columns,
                                       landing_lines, parquet_lines)
@@ -92,7 +92,8 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
         training, outlier_users, outlier_items = without_outliers(accepted, settings)
         recent, _ = side_by_side(
             lambda: write_recent_items(spark, training, batch_id, layout, settings),
-            lambda: write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s))
+            lambda: write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s,
+                                             stats.accepted["n"] if stats.accepted else 0))
         return outlier_users, outlier_items, publish_online_state(training, batch_id, layout, settings,
                                                                   stats.new_max, recent)
 
@@ -198,22 +199,18 @@ def without_outliers(accepted, settings: Settings) -> tuple[Any, list[str], list
     from pyspark.sql import functions as F
 
     fp = settings.params.features
-    users_df, _ = flag_outliers(accepted, fp.outlier_z, fp.outlier_min_events)
-    users = sorted(r.user_id for r in users_df.collect())
-    # The items from the collected users (a literal set), so the users' robust z is not computed a second time.
-    # With no flagged user no item can have a bot share above one half.
-    items = sorted(r.item_id for r in
-                   outlier_items(accepted, F.col("user_id").isin(users), fp.outlier_min_events).collect()) \
-        if users else []
+    users, items = outlier_ids(accepted, fp.outlier_z, fp.outlier_min_events)
     training = accepted.filter(~F.col("user_id").isin(users) & ~F.col("item_id").isin(items))
     return training, users, items
 
 
 def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayout, settings: Settings,
-                             events_time_range_s: tuple[float, float] | None = None) -> None:
+                             events_time_range_s: tuple[float, float] | None = None,
+                             max_training_events: int | None = None) -> None:
     """Entity state and item popularity buckets (the previous snapshot + this batch -> this batch's snapshot, never
     all history), then the training examples with the features they give. `events_time_range_s` bounds the
-    training events' times (the batch's accepted ones do): the decayed counts then take one plain sum per key."""
+    training events' times (the batch's accepted ones do): the decayed counts then take one plain sum per key.
+    `max_training_events` bounds their number (the batch's accepted count does): see `window_sums_for_join`."""
     fp, dirs = settings.params.features, snapshot_dirs(layout)
     state_path = dirs["entities"] / f"batch_id={batch_id}"
     state = update_entity_state(read_snapshot(spark, latest_snapshot_before(dirs["entities"], batch_id),
@@ -233,23 +230,50 @@ def write_state_and_examples(spark, training, batch_id: int, layout: StorageLayo
     # Each join below has a side Spark broadcasts while it is under spark.sql.autoBroadcastJoinThreshold (10 MB by
     # default): the entity state (every entity seen so far), the window sums (this batch's items and buckets), the
     # catalogue. Then the examples go from the cached batch to their files without a shuffle; a larger side makes
-    # that join a shuffle join, as before. The planner reads the state's size from its files; the sums are
-    # materialized first for the same reason (it takes an aggregate to be as large as its input, so it would
-    # shuffle every example to join them).
+    # that join a shuffle join, as before. The planner reads the state's size from its files; the window sums are
+    # an aggregate, which it takes to be as large as its input: `window_sums_for_join` says how they are broadcast.
     examples = entity_features(example_columns(training, fp.event_type_weights),
                                read_snapshot(spark, state_path, ENTITY_STATE_SCHEMA), fp.half_life_s,
                                settings.params.base.event_types)
     # The merged, unpruned state: an accepted event older than the pruning horizon still gets its full windows.
-    sums = item_window_sums(popularity_keys(training, fp.popularity_bucket_s), buckets, fp.popularity_bucket_s,
-                            fp.popularity_windows_s).persist()
-    sums.count()
+    sums, cached = window_sums_for_join(
+        item_window_sums(popularity_keys(training, fp.popularity_bucket_s), buckets, fp.popularity_bucket_s,
+                         fp.popularity_windows_s), max_training_events, settings)
     examples = join_window_popularity(examples, sums, fp.popularity_bucket_s, fp.popularity_windows_s)
     items_csv = layout.landing_items / "items.csv"
     if items_csv.exists():
         examples = item_content_features(examples, read_items_csv(spark, items_csv))
     examples.write.mode("overwrite").parquet(str(layout.examples_batch(batch_id)))
-    sums.unpersist()
+    if cached:
+        sums.unpersist()
     buckets.unpersist()
+
+
+# The window sums are broadcast by a hint while an upper bound of their size is under this. A bound, not an estimate
+# (real ids are far shorter than the longest allowed, and events share items and buckets), so it is set above Spark's
+# 10 MB broadcast default and well under what the smallest driver heap holds: at the shipped limits, batches of up to
+# ~60,000 accepted events, which covers a per-cycle batch and leaves a catch-up batch to the planner.
+SUMS_BROADCAST_MAX_BYTES = 64 * 1024 * 1024
+
+
+def window_sums_for_join(sums, max_training_events: int | None, settings: Settings) -> tuple[Any, bool]:
+    """The window sums ready to join the examples to, and whether they were cached (the caller unpersists them).
+
+    They have at most one row per training event (one per distinct item and bucket). While that many rows of the
+    widest id `base.max_id_length` allows (characters, up to 4 bytes each in UTF-8) are under
+    SUMS_BROADCAST_MAX_BYTES, the join is hinted to broadcast them and they are built inside the examples' query. Otherwise they are cached and counted first, one Spark job of their
+    own, so that the planner sees their real size: broadcast when it is under the session's threshold, a shuffle
+    join when not (an unmaterialized aggregate is estimated at its input's size, which would shuffle every example)."""
+    from pyspark.sql import functions as F
+
+    fp = settings.params.features
+    # UnsafeRow: an 8-byte null bitmap, an 8-byte slot per column, the id's bytes; a long per window and the bucket.
+    row_bytes = 8 + 8 * (3 + len(fp.popularity_windows_s)) + 4 * settings.params.base.max_id_length
+    if max_training_events is not None and max_training_events * row_bytes <= SUMS_BROADCAST_MAX_BYTES:
+        return F.broadcast(sums), False
+    sums = sums.persist()
+    sums.count()
+    return sums, True
 
 
 def read_items_csv(spark, path: Path):

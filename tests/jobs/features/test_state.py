@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from jobs.features.state import (ENTITY_STATE_SCHEMA, entity_features, flag_outliers, robust_z_of_counts,
-                                 update_entity_state)
+from jobs.features.state import (ENTITY_STATE_SCHEMA, entity_features, flag_outliers, outlier_ids,
+                                 robust_z_of_counts, update_entity_state)
 
 
 T0 = datetime(2026, 11, 1)
@@ -152,6 +152,14 @@ def test_injected_bot_is_flagged_and_normal_users_are_not(spark):
     assert flagged_items == {"i000297", "i000298", "i000299"}  # tail items the bot drove, not the popular head
     top_user_events = frame.filter(F.col("user_id") != "bot-1").groupBy("user_id").count().agg(F.max("count")).first()[0]
     assert top_user_events < 300 and math.isfinite(top_user_events)
+    # The id lists the micro-batch collects are the same users and items, sorted.
+    assert outlier_ids(frame, z_threshold=6.0, min_events=50) == (["bot-1"], ["i000297", "i000298", "i000299"])
+    organic = frame.filter(F.col("user_id") != "bot-1")
+    assert outlier_ids(organic, z_threshold=6.0, min_events=50) == ([], [])
+    # The bot's 300 events reach 150; none of its three items (100 of its events each) does: a user, no item.
+    assert outlier_ids(frame, z_threshold=6.0, min_events=150) == (["bot-1"], [])
+    # Nobody reaches 301 events: nothing is flagged.
+    assert outlier_ids(frame, z_threshold=6.0, min_events=301) == ([], [])
 
 
 def test_sliding_window_item_popularity_counts_the_window_ending_at_each_example(spark):

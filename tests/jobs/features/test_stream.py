@@ -478,3 +478,50 @@ def test_only_a_landing_folder_holding_a_parquet_file_makes_a_batch_look_for_the
     (landing / "day=1").mkdir()
     (landing / "day=1" / "events-000001.PARQUET").write_bytes(b"PAR1")
     assert holds_parquet(landing)
+
+
+def test_small_window_sums_are_broadcast_inside_the_examples_query_and_large_ones_cached_first(spark, tmp_path):
+    """window_sums_for_join: under its size bound the sums join by a broadcast hint and run no job of their own; over
+    it they are cached and counted first so the planner sees their size. Either way the examples get the same
+    window counts."""
+    from jobs.features.state import (ITEM_BUCKET_STATE_SCHEMA, item_window_sums, join_window_popularity,
+                                     popularity_keys, update_item_buckets)
+    from jobs.features.stream import SUMS_BROADCAST_MAX_BYTES, window_sums_for_join
+    from tests.conftest import private_home
+
+    bucket, windows = 3600, (3600, 7200)
+    examples = spark.createDataFrame(
+        [(f"e{n}", f"i{n % 3}", datetime.fromtimestamp(NOW - 600 * n, tz=timezone.utc)) for n in range(12)],
+        "event_id string, item_id string, event_time timestamp")
+    buckets = update_item_buckets(spark.createDataFrame([], ITEM_BUCKET_STATE_SCHEMA), examples, bucket)
+    group = iter(range(1000))
+
+    def joined(max_training_events):
+        spark.sparkContext.setJobGroup(f"sums-{next(group)}", "window sums")
+        with private_home(tmp_path) as settings:
+            sums, cached = window_sums_for_join(item_window_sums(popularity_keys(examples, bucket), buckets, bucket,
+                                                                 windows), max_training_events, settings)
+        jobs = spark.sparkContext.statusTracker().getJobIdsForGroup(spark.sparkContext.getLocalProperty(
+            "spark.jobGroup.id"))
+        out = join_window_popularity(examples, sums, bucket, windows)
+        plan = out._jdf.queryExecution().executedPlan().toString()
+        rows = sorted(tuple(r) for r in out.select("event_id", "item_events_last_3600s", "item_events_last_7200s")
+                      .collect())
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+        if cached:
+            sums.unpersist()
+        return cached, len(jobs), "BroadcastHashJoin" in plan, rows
+
+    small = joined(12)
+    # Over the bound: as many events as would make the bound exceed SUMS_BROADCAST_MAX_BYTES even with 1-byte ids.
+    large = joined(SUMS_BROADCAST_MAX_BYTES)
+    assert small[:3] == (False, 0, True)
+    # Cached and counted: the count's jobs (its shuffle stages are jobs of their own under adaptive execution).
+    assert large[0] is True and large[1] >= 1
+    assert small[3] == large[3]
+    # e0..e11 are 10 minutes apart back from NOW (an hour's start), items i0, i1, i2 in turn: e0 alone in NOW's
+    # hour, e1-e6 in the hour before, e7-e11 in the one before that. A 1 h window is the example's own hour; 2 h
+    # adds the hour before it.
+    expected = {"e0": (1, 3), "e3": (2, 3), "e6": (2, 3), "e9": (1, 1), "e1": (2, 4), "e4": (2, 4), "e7": (2, 2),
+                "e10": (2, 2), "e2": (2, 4), "e5": (2, 4), "e8": (2, 2), "e11": (2, 2)}
+    assert {r[0]: r[1:] for r in small[3]} == expected
