@@ -24,9 +24,13 @@ from airflow.executors.local_executor import LocalExecutor
 
 log = logging.getLogger(__name__)
 
-# What the incremental and retrain steps import inside their functions, slowest first. None of these starts a
-# thread or opens a socket at import (checked: threading.enumerate() is only the main thread after importing them
-# all), so a fork after importing them is as safe as a fork before.
+# What the incremental and retrain steps import inside their functions, slowest first. None of these starts a Python
+# thread or opens a socket at import (threading.enumerate() is only the main thread after importing them all). They
+# do start native threads, which `threading` cannot see: two of OpenBLAS's pool (numpy) and jemalloc's background
+# thread (pyarrow), as /proc/self/task shows. A forked task has none of them, and both libraries handle that with
+# pthread_atfork handlers: OpenBLAS stops its pool before a fork and starts one again on its next call, jemalloc
+# takes its locks across the fork so the child's arenas are consistent. So the fork stays safe; a fork of a process
+# running Python threads would not be.
 WARM_IMPORTS: tuple[str, ...] = (
     "great_expectations",  # validate
     "torch",  # finetune, gate, retrain
