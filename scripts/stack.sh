@@ -526,7 +526,7 @@ start_serving() {
 
 start_spark() {
   if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
-  local port=${settings[TIDAL_SPARK_PORT]} spark_home entry master memory codegen_entries i params_env=() forkserver
+  local port=${settings[TIDAL_SPARK_PORT]} spark_home entry master memory codegen_entries plugin i params_env=() forkserver
   # Only when set: an empty TIDAL_PARAMS would name the current folder, not the checkout's params.yaml.
   if [[ -n ${settings[TIDAL_PARAMS]} ]]; then params_env=("TIDAL_PARAMS=${settings[TIDAL_PARAMS]}"); fi
   spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
@@ -536,10 +536,10 @@ start_spark() {
   "$venv_bin/python" -c 'import grpc, grpc_status, google.rpc, zstandard, pyarrow, pandas' 2>/dev/null ||
     { log "the venv lacks pyspark's Connect client (pyspark[connect]: grpcio-status, zstandard, ...); make venv"; return 1; }
   # The master and heap a local job would use (features.spark_master, features.spark_driver_memory), refused with
-  # the params' own message when invalid, and the size of the compiled-code cache a long-lived session needs
-  # (tidal.spark.CODEGEN_CACHE_ENTRIES says why).
-  read -r master memory codegen_entries < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
-    'from tidal.config import load_params; from tidal.spark import CODEGEN_CACHE_ENTRIES as n; f = load_params().features; print(f.spark_master, f.spark_driver_memory, n)') &&
+  # the params' own message when invalid, the size of the compiled-code cache a long-lived session needs
+  # (tidal.spark.CODEGEN_CACHE_ENTRIES says why) and the plugin that serves Spark Connect.
+  read -r master memory codegen_entries plugin < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
+    'from tidal.config import load_params; from tidal.spark import CODEGEN_CACHE_ENTRIES as n; from tidal.spark_connect_server import CONNECT_PLUGIN as p; f = load_params().features; print(f.spark_master, f.spark_driver_memory, n, p)') &&
     [[ -n $master ]] || { log "could not read features.spark_master from the params (above)"; return 1; }
   mkdir -p "$stack_dir/spark/tmp"
   # The server's SPARK_HOME is the wheel's Spark (bin, jars, ...) without its python/ folder. Spark puts
@@ -568,7 +568,7 @@ start_spark() {
     setsid bash -c '"$1" -m tidal.worker_forkserver serve "$2" </dev/null & shift 2; exec "$@"' \
     worker-forkserver "$venv_bin/python" "$forkserver" \
     "$stack_dir/spark/home/bin/spark-submit" --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
-    --conf spark.plugins=org.apache.spark.sql.connect.SparkConnectPlugin \
+    --conf spark.plugins="$plugin" \
     --conf spark.sql.artifact.isolation.alwaysApplyClassLoader=false \
     --conf spark.connect.grpc.binding.address=127.0.0.1 --conf spark.connect.grpc.binding.port="$port" \
     --conf spark.driver.host=127.0.0.1 --conf spark.driver.bindAddress=127.0.0.1 \

@@ -24,15 +24,19 @@ import sys
 import threading
 
 
+# The driver plugin that serves Spark Connect (scripts/stack.sh passes it as spark.plugins, read from here).
+CONNECT_PLUGIN = "org.apache.spark.sql.connect.SparkConnectPlugin"
+
+
 def main() -> int:
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.getOrCreate()
     conf = spark.sparkContext.getConf()
-    if "org.apache.spark.sql.connect.SparkConnectPlugin" not in conf.get("spark.plugins", ""):
+    if CONNECT_PLUGIN not in conf.get("spark.plugins", ""):
         spark.stop()
-        print("tidal Spark Connect server: spark.plugins lacks org.apache.spark.sql.connect.SparkConnectPlugin; "
-              "start it with scripts/stack.sh up spark", file=sys.stderr)
+        print(f"tidal Spark Connect server: spark.plugins lacks {CONNECT_PLUGIN}; start it with scripts/stack.sh up "
+              "spark", file=sys.stderr)
         return 2
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -12,6 +12,12 @@ acquire (cycle_cost's spark_start_s: a JVM start locally, a gRPC session on the 
 the window, and a second pass with nothing new. The 1-minute load average is recorded before and after each run,
 since the 2 cores are shared. The server is stopped at the end. Results: warm_spark.json next to this file and a
 section appended to RESULTS.md.
+
+`--warm-up-tasks N` first runs N tasks on the server, as the stack's cycles would have before the measured ones
+(20 is ten minutes of a cycle every 30 s). A fresh server's JIT is still compiling Spark's own code through its
+first dozen tasks: on the 2 cores, C2 compiled for 5.7 s of CPU during the second 10k task and 1.7 s during the
+20th, while the pass fell from 8.4 s to 4.4 s (RESULTS.md, "2026-12-05 (afternoon)"). The warm-up passes are
+recorded, not counted in the medians.
 """
 
 from __future__ import annotations
@@ -90,6 +96,8 @@ def markdown(record: dict) -> str:
               f"connect; session acquire {m['local']['spark_start_s']:.1f} s vs {m['connect']['spark_start_s']:.2f} s; "
               f"features pass {m['local']['features_pass_s']:.1f} s vs {m['connect']['features_pass_s']:.1f} s. "
               f"Server start (once per stack life, not per task): {record['server_start_s']:.1f} s. "
+              f"Warm-up tasks before the runs: {len(record['warm_up_pass_s'])} (passes "
+              f"{', '.join(f'{x:.1f}' for x in record['warm_up_pass_s']) or '-'} s). "
               f"`uptime` at start: {record['uptime_start']}; at end: {record['uptime_end']}.", ""]
     return "\n".join(lines)
 
@@ -98,12 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warm-up-tasks", type=int, default=0,
+                        help="tasks run on the server before the measured ones (not counted)")
     parser.add_argument("--no-write", action="store_true", help="print the JSON only")
     args = parser.parse_args(argv)
+    if args.warm_up_tasks < 0:
+        parser.error(f"--warm-up-tasks must be 0 or more; got {args.warm_up_tasks}")
     stack_dir, port = Path(tempfile.mkdtemp(prefix="tidal-warm-spark-")) / "stack", free_port()
     record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "events": args.events,
               "command": f"PYTHONPATH=. .venv/bin/python benchmarks/features/warm_spark.py --events {args.events} "
-                         f"--rounds {args.rounds}", "uptime_start": uptime(), "runs": []}
+                         f"--rounds {args.rounds} --warm-up-tasks {args.warm_up_tasks}",
+              "uptime_start": uptime(), "warm_up_pass_s": [], "runs": []}
     started = time.monotonic()
     up = stack(stack_dir, port, "up", "spark")
     record["server_start_s"] = round(time.monotonic() - started, 2)
@@ -111,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         if up.returncode != 0:
             raise SystemExit(f"scripts/stack.sh up spark failed:\n{up.stderr[-3000:]}")
         remote = f"sc://127.0.0.1:{port}"
+        for task_no in range(1, args.warm_up_tasks + 1):
+            record["warm_up_pass_s"].append(cycle(args.events, remote)["features_pass_s"])
+            print(f"warm-up task {task_no}: pass {record['warm_up_pass_s'][-1]} s", flush=True)
         for _ in range(args.rounds):
             for mode in (None, remote):
                 record["runs"].append(cycle(args.events, mode))
@@ -123,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     record["medians"] = {mode: {k: round(median(r[k] for r in record["runs"] if r["spark"] == mode), 2) for k in keys}
                          for mode in ("local", "connect")}
     # The server's first task also warms its JIT, once per stack life; every later cycle sees the warm one.
-    later = [r for r in record["runs"] if r["spark"] == "connect"][1:]
+    later = [r for r in record["runs"] if r["spark"] == "connect"][0 if args.warm_up_tasks else 1:]
     if later:
-        record["medians"]["connect_after_first"] = {k: round(median(r[k] for r in later), 2) for k in keys}
+        record["medians"]["connect_warm"] = {k: round(median(r[k] for r in later), 2) for k in keys}
     print(json.dumps(record, indent=2))
     if not args.no_write:
         (HERE / "warm_spark.json").write_text(json.dumps(record, indent=2) + "\n")
