@@ -100,8 +100,8 @@ def cycle_section(timeout_s: float) -> dict[str, Any]:
     local, warm = r["medians"]["local"], r["medians"]["connect_warm"]
     fresh = r["warm_up_pass_s"]
     note = (f"medians of {rounds} local / {rounds} warm runs, on a server that had run {warm_up_tasks} tasks "
-            f"(passes {fresh[0]} s for the first, median {median(fresh[1:4])} s for the 2nd-4th, "
-            f"{median(fresh[-4:])} s for the last four); session acquire {warm['spark_start_s']} s warm vs "
+            f"(passes {fresh[0]} s for the first, median {round(median(fresh[1:4]), 2)} s for the 2nd-4th, "
+            f"{round(median(fresh[-4:]), 2)} s for the last four); session acquire {warm['spark_start_s']} s warm vs "
             f"{local['spark_start_s']} s for a local JVM; pass with nothing new {warm['empty_pass_s']} s vs "
             f"{local['empty_pass_s']} s")
     return {"figures": [
