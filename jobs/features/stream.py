@@ -261,9 +261,10 @@ def window_sums_for_join(sums, max_training_events: int | None, settings: Settin
 
     They have at most one row per training event (one per distinct item and bucket). While that many rows of the
     widest id `base.max_id_length` allows (characters, up to 4 bytes each in UTF-8) are under
-    SUMS_BROADCAST_MAX_BYTES, the join is hinted to broadcast them and they are built inside the examples' query. Otherwise they are cached and counted first, one Spark job of their
-    own, so that the planner sees their real size: broadcast when it is under the session's threshold, a shuffle
-    join when not (an unmaterialized aggregate is estimated at its input's size, which would shuffle every example)."""
+    SUMS_BROADCAST_MAX_BYTES, the join is hinted to broadcast them and they are built inside the examples' query.
+    Otherwise they are cached and counted first, a query of their own, so that the planner sees their real size:
+    broadcast when it is under the session's threshold, a shuffle join when not (an unmaterialized aggregate is
+    estimated at its input's size, which would shuffle every example)."""
     from pyspark.sql import functions as F
 
     fp = settings.params.features
