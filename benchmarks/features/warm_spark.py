@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("task_wall_s", "spark_start_s", "features_pass_s", "empty_pass_s")
     record["medians"] = {mode: {k: round(median(r[k] for r in record["runs"] if r["spark"] == mode), 2) for k in keys}
                          for mode in ("local", "connect")}
-    # The server's first task also warms its JIT, once per stack life; every later cycle sees the warm one.
+    # A fresh server's first task compiles every stage and its JIT keeps warming through the next dozen; without
+    # warm-up tasks only the first is left out of the warm medians.
     later = [r for r in record["runs"] if r["spark"] == "connect"][0 if args.warm_up_tasks else 1:]
     if later:
         record["medians"]["connect_warm"] = {k: round(median(r[k] for r in later), 2) for k in keys}

@@ -61,6 +61,10 @@ class BatchStats:
     new_watermark: datetime | None
 
     @property
+    def accepted_count(self) -> int:
+        return self.accepted["n"] if self.accepted else 0
+
+    @property
     def accepted_range_s(self) -> tuple[float, float] | None:
         """(oldest, newest) accepted event time of the batch in epoch seconds; None when nothing was accepted."""
         return (self.accepted["lo_s"], self.accepted["hi_s"]) if self.accepted else None
@@ -93,7 +97,7 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
         recent, _ = side_by_side(
             lambda: write_recent_items(spark, training, batch_id, layout, settings),
             lambda: write_state_and_examples(spark, training, batch_id, layout, settings, stats.accepted_range_s,
-                                             stats.accepted["n"] if stats.accepted else 0))
+                                             stats.accepted_count))
         return outlier_users, outlier_items, publish_online_state(training, batch_id, layout, settings,
                                                                   stats.new_max, recent)
 
