@@ -125,12 +125,14 @@ def classify_events(lines_df, rules: EventRules):
 
     df = lines_df.withColumn("_marker", end_marker(F.col("line")))  # once per line: the parse and the check read it
     df = df.withColumn("_wrapped", parse_with_end_marker(F.col("line"), F.col("_marker")))
-    df = df.withColumn("_v", F.expr("variant_get(_wrapped, '$[0]', 'variant')"))
     # Each field is looked up in the record once (`_f_<name>`); its type and its typed values are read from that.
     # A lookup per use cost ~0.3 us more per line (benchmarks/features/RESULTS.md, "2026-12-05: each field looked
-    # up once").
+    # up once"). The path goes through the wrapper's element 0: a variant_get to 'variant' copies what it returns,
+    # and taking the record out first copied every record whole, ~0.5 us per line ("2026-12-05 (evening): what the
+    # classification's CPU is").
     fields = (*REQUIRED_STRING_FIELDS, "value", "event_time", "context")
-    df = df.select("*", *[F.expr(f"variant_get(_v, '$.{name}', 'variant')").alias(f"_f_{name}") for name in fields])
+    df = df.select("*", *[F.expr(f"variant_get(_wrapped, '$[0].{name}', 'variant')").alias(f"_f_{name}")
+                          for name in fields])
 
     def as_type(name: str, sql_type: str):
         return F.expr(f"try_variant_get(_f_{name}, '$', '{sql_type}')")
@@ -155,7 +157,8 @@ def classify_events(lines_df, rules: EventRules):
         (~ends_at_its_marker(F.col("_wrapped"), F.col("_marker")), F.lit("malformed_json")),
         # A parsed line that starts with "{" is an object; only other lines pay for the whole value's schema.
         (~F.when(F.col("line").startswith("{"), F.lit(True))
-         .otherwise(F.expr("schema_of_variant(_v)").startswith("OBJECT")), F.lit("not_a_json_object")),
+         .otherwise(F.expr("schema_of_variant(variant_get(_wrapped, '$[0]', 'variant'))").startswith("OBJECT")),
+         F.lit("not_a_json_object")),
     ]
     for name in (*REQUIRED_STRING_FIELDS, "event_time"):
         checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
@@ -182,7 +185,7 @@ def classify_events(lines_df, rules: EventRules):
     # The helper columns by name, not from df.columns: on Spark Connect that asks the server to analyse the whole
     # plan, ~0.1 s a call on a warm server, on every micro-batch's critical path.
     return df.withColumn("quarantine_reason", reason).drop(
-        "_marker", "_wrapped", "_v", *[f"{prefix}{name}" for name in fields for prefix in ("_t_", "_f_")])
+        "_marker", "_wrapped", *[f"{prefix}{name}" for name in fields for prefix in ("_t_", "_f_")])
 
 
 # The names schema_of_variant gives a JSON number: an integer by its size, a double, or DECIMAL(p,s).
