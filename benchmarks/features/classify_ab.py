@@ -1,0 +1,155 @@
+"""Another checkout's `classify_events` against this one's: the same output on good, bad and fuzzed lines, and the
+time of each, side by side in one session.
+
+Not a test. Run (from the repo root; BASE is a checkout, e.g. `git worktree add /tmp/base HEAD~1`):
+    PYTHONPATH=. .venv/bin/python benchmarks/features/classify_ab.py BASE [--lines 500000] [--rounds 6]
+
+The lines: `--lines` generated events (devtools.generate, serialised as its landing files are), then every kind of bad
+line in `bad_lines` ten times (malformed, a second value after the first, not an object, each field missing, null, of
+the wrong type, empty or oversized, times that cannot be parsed or are out of range, escapes, deep nesting), then
+`--fuzzed` (2,000) generated lines with one character deleted, inserted or everything after it cut (a fixed seed).
+They are cached on `local[2]` (4 partitions) as the line rows `classify_events` reads.
+
+Both classifications must give the same rows (`exceptAll` both ways is empty, over the line's position and every output
+column), or the script stops before timing anything: a cheaper classification that changes one quarantine reason is a
+different contract. Then one untimed run of each and `--rounds` rounds of both in turn (round-robin, so a burst of
+load on this shared machine hits both alike), each an aggregation over every output column. Prints one JSON object:
+the quarantine reasons and their counts, and per side the runs, best and median seconds, and the ratio of this
+checkout's median to the base's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+OUTPUT = ("source_file", "line_number", "event_id", "user_id", "item_id", "event_type", "value", "event_time",
+          "context", "quarantine_reason")
+
+
+def load_transforms(checkout: Path):
+    """The base checkout's jobs/features/transforms.py as a module of its own (it imports only pyspark and stdlib)."""
+    spec = importlib.util.spec_from_file_location("base_transforms", checkout / "jobs" / "features" / "transforms.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def bad_lines(record: dict) -> list[str]:
+    """One line per way a record can break (or nearly break) the event contract, built from a good `record`."""
+    good = json.dumps(record)
+
+    def changed(**fields) -> str:
+        out = dict(record)
+        for name, value in fields.items():
+            if value is KeyError:
+                out.pop(name, None)
+            else:
+                out[name] = value
+        return json.dumps(out)
+
+    return [
+        # not one JSON object
+        "{", "not json", good + " junk", good + good, good + "," + good, good + '],"x"', "[1,2]", '"a string"', "42",
+        "null", "true", "[" + good + "]", "[" * 300 + "]" * 300, '{"a":' + "[" * 200 + "]" * 200 + "}",
+        '{"event_id":"a","event_id":"b"}',
+        # objects that are, or nearly are, events
+        "  " + good + "  ", "\ufffd" + good, good.replace('"user_id"', '"USER_ID"'),
+        json.dumps({**record, "extra": [1, 2, {"x": "y"}]}),
+        # the ids
+        changed(user_id=5), changed(user_id={"a": 1}), changed(item_id=True), changed(event_type=3),
+        changed(event_id=None), changed(event_id=KeyError), changed(user_id=""), changed(user_id="   "),
+        changed(item_id="x" * 1000), changed(event_type="nope"), changed(user_id="\u00e9\u4e2d"),
+        changed(user_id='a"b\\c'),
+        # the event time
+        changed(event_time="10:15:00"), changed(event_time=1700000000), changed(event_time=1.7e9),
+        changed(event_time=-5), changed(event_time="3000-01-01T00:00:00Z"), changed(event_time="1960-01-01T00:00:00Z"),
+        changed(event_time="garbage"), changed(event_time="2024-02-30T00:00:00"),
+        changed(event_time=" 2024-01-01 10:00:00"), changed(event_time="+2024-01-01"), changed(event_time=None),
+        changed(event_time=KeyError), changed(event_time=[1]),
+        # the value and the context
+        changed(value="3"), changed(value={"a": 1}), changed(value=True), changed(value=None), changed(value=KeyError),
+        changed(value=1e308), changed(value=12345678901234567890), changed(value=-0.0),
+        changed(context=[1]), changed(context="x"), changed(context=None),
+        changed(context={"a": {"b": [1, {"c": None}]}}),
+    ]
+
+
+def fuzzed(lines: list[str], count: int, seed: int = 7) -> list[str]:
+    """`count` lines, each a random one of `lines` with one character deleted, one inserted, or the rest cut."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(count):
+        line = rnd.choice(lines)
+        at = rnd.randrange(len(line))
+        out.append(rnd.choice((line[:at] + line[at + 1:], line[:at] + rnd.choice('{}[]",:0a\\ ') + line[at:],
+                               line[:at])))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path, help="the other checkout (its jobs/features/transforms.py)")
+    parser.add_argument("--lines", type=int, default=500_000, help="generated lines, before the bad and fuzzed ones")
+    parser.add_argument("--fuzzed", type=int, default=2000, help="generated lines with one random edit each")
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args(argv)
+
+    from pyspark.sql import functions as F
+
+    import jobs.features.transforms as this
+    from devtools.generate import SyntheticWorld, generate_file_events
+    from tidal.config import GenerateParams, load_params
+    from tidal.spark import spark_session
+
+    base_transforms = load_transforms(args.base)
+    per_file, base_params = 2000, load_params().base
+    files = -(-args.lines // per_file)
+    world = SyntheticWorld(GenerateParams(), seed=1, files=files)
+    records = [row for f in range(files)
+               for row in generate_file_events(world, f, 1, per_file, base_params.event_types)][:args.lines]
+    good = [json.dumps(r) for r in records]
+    lines = good + bad_lines(records[0]) * 10 + fuzzed(good, args.fuzzed)
+    spark = spark_session("local[2]", 4)
+    frame = spark.createDataFrame([(f"f{i // per_file}", i % per_file + 1, line, None) for i, line in enumerate(lines)],
+                                  "source_file string, line_number int, line string, file_reason string") \
+        .repartition(4).cache()
+    frame.count()
+    rules = this.EventRules(base_params.event_types, base_params.max_id_length, base_params.max_future_skew_s,
+                            time.time())
+    outputs = {"base": base_transforms.classify_events(frame, base_transforms.EventRules(**dataclasses.asdict(rules)))
+               .select(*OUTPUT),
+               "this": this.classify_events(frame, rules).select(*OUTPUT)}
+    only_base, only_this = (outputs["base"].exceptAll(outputs["this"]).count(),
+                            outputs["this"].exceptAll(outputs["base"]).count())
+    if only_base or only_this:
+        print(json.dumps({"same_output": False, "rows_only_in_base": only_base, "rows_only_in_this": only_this}))
+        return 1
+    reasons = {r["quarantine_reason"] or "accepted": r["count"]
+               for r in outputs["this"].groupBy("quarantine_reason").count().collect()}
+    queries = {side: out.agg(F.sum(F.hash(*OUTPUT)).alias("h")) for side, out in outputs.items()}
+    for query in queries.values():  # one untimed run each: the JIT's warm-up is not charged to either
+        query.first()
+    runs: dict[str, list[float]] = {side: [] for side in queries}
+    for _ in range(args.rounds):
+        for side, query in queries.items():
+            started = time.monotonic()
+            query.first()
+            runs[side].append(round(time.monotonic() - started, 3))
+    medians = {side: sorted(r)[len(r) // 2] for side, r in runs.items()}
+    print(json.dumps({"lines": len(lines), "same_output": True, "reasons": dict(sorted(reasons.items())),
+                      "sides": {side: {"runs_s": r, "best_s": min(r), "median_s": medians[side]}
+                                for side, r in runs.items()},
+                      "this_vs_base_median": round(medians["this"] / medians["base"], 3)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
