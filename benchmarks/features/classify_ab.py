@@ -94,15 +94,15 @@ def fuzzed(lines: list[str], count: int, seed: int = 7) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, spark=None) -> int:
+    """`spark`: a session to use instead of a new local[2] one (the tests pass theirs, whose settings stay as they
+    are)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="the other checkout (its jobs/features/transforms.py)")
     parser.add_argument("--lines", type=int, default=500_000, help="generated lines, before the bad and fuzzed ones")
     parser.add_argument("--fuzzed", type=int, default=2000, help="generated lines with one random edit each")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args(argv)
-
-    from pyspark.sql import functions as F
 
     import jobs.features.transforms as this
     from devtools.generate import SyntheticWorld, generate_file_events
@@ -117,39 +117,47 @@ def main(argv: list[str] | None = None) -> int:
                for row in generate_file_events(world, f, 1, per_file, base_params.event_types)][:args.lines]
     good = [json.dumps(r) for r in records]
     lines = good + bad_lines(records[0]) * 10 + fuzzed(good, args.fuzzed)
-    spark = spark_session("local[2]", 4)
+    spark = spark or spark_session("local[2]", 4)
     frame = spark.createDataFrame([(f"f{i // per_file}", i % per_file + 1, line, None) for i, line in enumerate(lines)],
                                   "source_file string, line_number int, line string, file_reason string") \
         .repartition(4).cache()
     frame.count()
     rules = this.EventRules(base_params.event_types, base_params.max_id_length, base_params.max_future_skew_s,
                             time.time())
-    outputs = {"base": base_transforms.classify_events(frame, base_transforms.EventRules(**dataclasses.asdict(rules)))
-               .select(*OUTPUT),
-               "this": this.classify_events(frame, rules).select(*OUTPUT)}
+    try:
+        result = compare(frame, base_transforms, this, rules, args.rounds)
+    finally:
+        frame.unpersist()
+    print(json.dumps({"lines": len(lines), **result}, indent=2))
+    return 0 if result["same_output"] else 1
+
+
+def compare(frame, base_transforms, this_transforms, rules, rounds: int) -> dict:
+    """Both classifications of the cached line rows: whether they agree, and (only then) their times in turn."""
+    from pyspark.sql import functions as F
+
+    outputs = {"base": base_transforms.classify_events(frame, base_transforms.EventRules(**dataclasses.asdict(rules))),
+               "this": this_transforms.classify_events(frame, rules)}
+    outputs = {side: out.select(*OUTPUT) for side, out in outputs.items()}
     only_base, only_this = (outputs["base"].exceptAll(outputs["this"]).count(),
                             outputs["this"].exceptAll(outputs["base"]).count())
     if only_base or only_this:
-        print(json.dumps({"same_output": False, "rows_only_in_base": only_base, "rows_only_in_this": only_this}))
-        return 1
+        return {"same_output": False, "rows_only_in_base": only_base, "rows_only_in_this": only_this}
     reasons = {r["quarantine_reason"] or "accepted": r["count"]
                for r in outputs["this"].groupBy("quarantine_reason").count().collect()}
     queries = {side: out.agg(F.sum(F.hash(*OUTPUT)).alias("h")) for side, out in outputs.items()}
     for query in queries.values():  # one untimed run each: the JIT's warm-up is not charged to either
         query.first()
     runs: dict[str, list[float]] = {side: [] for side in queries}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for side, query in queries.items():
             started = time.monotonic()
             query.first()
             runs[side].append(round(time.monotonic() - started, 3))
     medians = {side: sorted(r)[len(r) // 2] for side, r in runs.items()}
-    print(json.dumps({"lines": len(lines), "same_output": True, "reasons": dict(sorted(reasons.items())),
-                      "sides": {side: {"runs_s": r, "best_s": min(r), "median_s": medians[side]}
-                                for side, r in runs.items()},
-                      "this_vs_base_median": round(medians["this"] / medians["base"], 3)}, indent=2))
-    return 0
-
+    return {"same_output": True, "reasons": dict(sorted(reasons.items())),
+            "sides": {side: {"runs_s": r, "best_s": min(r), "median_s": medians[side]} for side, r in runs.items()},
+            "this_vs_base_median": round(medians["this"] / medians["base"], 3)}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,7 +13,7 @@ SMALL = ["--lines", "300", "--fuzzed", "200", "--rounds", "1"]
 
 
 def test_the_same_classification_passes_and_meets_every_kind_of_bad_line(spark, capsys):
-    assert classify_ab.main([str(REPO), *SMALL]) == 0
+    assert classify_ab.main([str(REPO), *SMALL], spark) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same_output"] is True
     assert result["lines"] == 300 + 10 * len(classify_ab.bad_lines({"event_id": "e"})) + 200
@@ -32,7 +32,7 @@ def test_a_base_whose_classification_differs_is_refused_before_timing(spark, cap
     source = (REPO / "jobs" / "features" / "transforms.py").read_text()
     assert '"malformed_json"' in source
     (base / "jobs" / "features" / "transforms.py").write_text(source.replace('"malformed_json"', '"bad_json"'))
-    assert classify_ab.main([str(base), *SMALL]) == 1
+    assert classify_ab.main([str(base), *SMALL], spark) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["same_output"] is False
     assert result["rows_only_in_base"] == result["rows_only_in_this"] > 0
