@@ -105,23 +105,16 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     args = parser.parse_args(argv)
 
     import jobs.features.transforms as this
-    from devtools.generate import SyntheticWorld, generate_file_events
-    from tidal.config import GenerateParams, load_params
+    from benchmarks.features.classify_cost import cached_line_rows, generated_records
+    from tidal.config import load_params
     from tidal.spark import spark_session
 
     base_transforms = load_transforms(args.base)
-    per_file, base_params = 2000, load_params().base
-    files = -(-args.lines // per_file)
-    world = SyntheticWorld(GenerateParams(), seed=1, files=files)
-    records = [row for f in range(files)
-               for row in generate_file_events(world, f, 1, per_file, base_params.event_types)][:args.lines]
+    base_params = load_params().base
+    records = generated_records(args.lines, base_params.event_types)
     good = [json.dumps(r) for r in records]
     lines = good + bad_lines(records[0]) * 10 + fuzzed(good, args.fuzzed)
-    spark = spark or spark_session("local[2]", 4)
-    frame = spark.createDataFrame([(f"f{i // per_file}", i % per_file + 1, line, None) for i, line in enumerate(lines)],
-                                  "source_file string, line_number int, line string, file_reason string") \
-        .repartition(4).cache()
-    frame.count()
+    frame = cached_line_rows(spark or spark_session("local[2]", 4), lines)
     rules = this.EventRules(base_params.event_types, base_params.max_id_length, base_params.max_future_skew_s,
                             time.time())
     try:

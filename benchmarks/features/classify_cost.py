@@ -51,6 +51,30 @@ def regex_has_trailing_content(line):
         skeleton.startswith("{") & F.when(fully_reduced, reduced != "X").otherwise(weak_rule))
 
 
+LINES_PER_FILE = 2000
+
+
+def generated_records(count: int, event_types) -> list[dict]:
+    """`count` events as devtools.generate writes them to landing files (files of LINES_PER_FILE, seed 1)."""
+    from devtools.generate import SyntheticWorld, generate_file_events
+    from tidal.config import GenerateParams
+
+    files = -(-count // LINES_PER_FILE)
+    world = SyntheticWorld(GenerateParams(), seed=1, files=files)
+    return [row for f in range(files)
+            for row in generate_file_events(world, f, 1, LINES_PER_FILE, event_types)][:count]
+
+
+def cached_line_rows(spark, lines: list[str]):
+    """The lines as the rows `classify_events` reads (LINES_PER_FILE to a file name), cached in 4 partitions and
+    counted, so that no timed query pays for building them."""
+    frame = spark.createDataFrame(
+        [(f"f{i // LINES_PER_FILE}", i % LINES_PER_FILE + 1, line, None) for i, line in enumerate(lines)],
+        "source_file string, line_number int, line string, file_reason string").repartition(4).cache()
+    frame.count()
+    return frame
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=200_000)
@@ -60,21 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     import jobs.features.transforms as transforms
-    from devtools.generate import SyntheticWorld, generate_file_events
-    from tidal.config import GenerateParams, load_params
+    from tidal.config import load_params
     from tidal.spark import spark_session
 
-    per_file = 2000
-    params, base = GenerateParams(), load_params().base
-    files = -(-args.lines // per_file)
-    world = SyntheticWorld(params, seed=1, files=files)
-    lines = [json.dumps(row) for f in range(files)
-             for row in generate_file_events(world, f, 1, per_file, base.event_types)][:args.lines]
+    base = load_params().base
+    lines = [json.dumps(r) for r in generated_records(args.lines, base.event_types)]
     spark = spark_session("local[2]", 4)
-    frame = spark.createDataFrame(
-        [(f"f{i // per_file}", i % per_file + 1, line, None) for i, line in enumerate(lines)],
-        "source_file string, line_number int, line string, file_reason string").repartition(4).cache()
-    frame.count()
+    frame = cached_line_rows(spark, lines)
     rules = transforms.EventRules(base.event_types, base.max_id_length, base.max_future_skew_s, time.time())
 
     def parse_only(df, _rules):
