@@ -8,9 +8,9 @@ CLUSTER := scripts/cluster.sh
 # Every command below sees the embedded stack's settings (ports, generated credentials).
 WITH_ENV = set -a && source "$$($(STACK) env)" && set +a &&
 
-.PHONY: venv demo up up-cluster down status test test-fast test-cluster lock clean
+.PHONY: venv jvm demo up up-cluster down status test test-fast test-cluster lock clean
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed jvm
 
 # The venv is built from the committed lock only; torch resolves to the CPU build 2.13.0.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -20,6 +20,25 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip check
 	@touch $@
+
+# tidal's JVM code (jvm/src: the features job's event line reader), compiled against the venv's Spark and Jackson.
+# Needs a JDK's javac (Spark needs Java 17 anyway); without one the jar is skipped with a warning and the features
+# job reads every line with Spark's variant functions alone (correct, slower).
+JVM_SOURCES := $(shell find jvm/src -name '*.java')
+JVM_JAR := build/tidal-spark.jar
+SPARK_JARS = $(shell $(BIN)/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')
+
+jvm: $(JVM_JAR)
+
+$(JVM_JAR): $(JVM_SOURCES) $(VENV)/.installed
+	@if ! command -v javac >/dev/null || ! command -v jar >/dev/null; then \
+		echo "warning: no javac/jar (a JDK 17): $(JVM_JAR) not built; the features job will read lines without tidal's event line reader" >&2; \
+		exit 0; fi; \
+	jars="$(SPARK_JARS)"; rm -rf build/jvm-classes && mkdir -p build/jvm-classes && \
+	javac --release 17 -Xlint:all -Werror -d build/jvm-classes \
+		-cp "$$(ls "$$jars"/spark-sql-api_*.jar "$$jars"/jackson-core-*.jar "$$jars"/scala-library-*.jar | paste -sd:)" \
+		$(JVM_SOURCES) && \
+	jar --create --file $@.tmp -C build/jvm-classes . && mv $@.tmp $@
 
 up: venv
 	$(STACK) up all

@@ -527,6 +527,11 @@ start_serving() {
 start_spark() {
   if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
   local port=${settings[TIDAL_SPARK_PORT]} spark_home entry master memory codegen_entries plugin i params_env=() forkserver
+  local jvm_jars=()
+  # tidal's JVM code (`make jvm`: the features job's event line reader, tidal.spark.JVM_JAR) on the server's classpath;
+  # without it the features job reads every line with Spark's variant functions alone (correct, slower).
+  if [[ -f $repo/build/tidal-spark.jar ]]; then jvm_jars=(--jars "$repo/build/tidal-spark.jar")
+  else log "no $repo/build/tidal-spark.jar (make jvm): the features job will read lines without tidal's event line reader"; fi
   # Only when set: an empty TIDAL_PARAMS would name the current folder, not the checkout's params.yaml.
   if [[ -n ${settings[TIDAL_PARAMS]} ]]; then params_env=("TIDAL_PARAMS=${settings[TIDAL_PARAMS]}"); fi
   spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') ||
@@ -575,7 +580,7 @@ start_spark() {
     --conf spark.ui.enabled=false --conf spark.ui.showConsoleProgress=false --conf spark.log.level=WARN \
     --conf spark.local.dir="$stack_dir/spark/tmp" --conf spark.sql.warehouse.dir="$stack_dir/spark/warehouse" \
     --conf spark.sql.session.timeZone=UTC --conf spark.sql.sources.partitionOverwriteMode=dynamic \
-    --conf spark.sql.codegen.cache.maxEntries="$codegen_entries" \
+    --conf spark.sql.codegen.cache.maxEntries="$codegen_entries" "${jvm_jars[@]}" \
     "$repo/tidal/spark_connect_server.py" >"$stack_dir/logs/spark.log" 2>&1 </dev/null) &
   record_pid spark $!
   log "spark starting (pid $!), Spark Connect ($master) on sc://127.0.0.1:$port"

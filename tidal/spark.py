@@ -13,10 +13,23 @@ columns only. Tests that compare the two run each in its own process.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
+from pathlib import Path
 
 from tidal.config import Settings
+
+log = logging.getLogger(__name__)
+
+# tidal's own JVM code (jvm/src, built by `make`): the features job's event line reader. Every session tidal starts
+# puts it on the classpath when it has been built (a local one by spark.jars, the stack's Connect server and the
+# cluster profile's by --jars); without it the features job reads every line with Spark's variant functions alone.
+JVM_JAR = Path(__file__).resolve().parents[1] / "build" / "tidal-spark.jar"
+EVENT_LINE_READER = "tidal_event_line"
+EVENT_LINE_READER_CLASS = "tidal.spark.EventLineReader"
+EVENT_LINE_READER_TYPE = ("struct<event_id:string,user_id:string,item_id:string,event_type:string,value:double,"
+                          "time_text:string,time_seconds:double,context:string>")
 
 
 # How many compiled classes of generated code Spark keeps (an LRU keyed by the code and the session's class loader; a
@@ -64,6 +77,8 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
         .config("spark.driver.memory", driver_memory)
         .config("spark.sql.codegen.cache.maxEntries", str(CODEGEN_CACHE_ENTRIES))
     )
+    if JVM_JAR.exists():
+        builder = builder.config("spark.jars", str(JVM_JAR))
     for key, value in session_conf(shuffle_partitions, max_partition_mb).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -123,6 +138,25 @@ def spark_for(settings: Settings):
         return connect_session(settings.spark_remote, fp.shuffle_partitions, fp.max_partition_mb)
     return spark_session(fp.spark_master, fp.shuffle_partitions, driver_memory=fp.spark_driver_memory,
                          max_partition_mb=fp.max_partition_mb)
+
+
+def event_line_reader(spark) -> str | None:
+    """Registers tidal's event line reader (jvm/src/tidal/spark/EventLineReader.java) in `spark` and returns its
+    name for jobs.features.transforms.classify_events, or None where the session's JVM does not have the class (the
+    jar was not built, or the server was started without it): the features job is then correct, only slower."""
+    try:
+        spark.udf.registerJavaFunction(EVENT_LINE_READER, EVENT_LINE_READER_CLASS, EVENT_LINE_READER_TYPE)
+    except Exception as err:  # noqa: BLE001 - any failure to register means the same: the slower path
+        if EVENT_LINE_READER_CLASS not in _missing_reader_reported:
+            _missing_reader_reported.add(EVENT_LINE_READER_CLASS)
+            log.warning("the features job reads lines without tidal's event line reader (%s): %s. Build it with "
+                        "`make jvm`, then restart whatever runs Spark (the stack: `scripts/stack.sh down` and `up`)",
+                        EVENT_LINE_READER_CLASS, str(err).splitlines()[0][:200])
+        return None
+    return EVENT_LINE_READER
+
+
+_missing_reader_reported: set[str] = set()
 
 
 def is_connect(spark) -> bool:

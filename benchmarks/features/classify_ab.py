@@ -55,6 +55,11 @@ def bad_lines(record: dict) -> list[str]:
                 out[name] = value
         return json.dumps(out)
 
+    def raw(name: str, token: str) -> str:
+        """The record with one field's value written as `token`, a JSON text json.dumps would not write."""
+        marker = "\u0000raw\u0000"
+        return json.dumps({**record, name: marker}).replace(json.dumps(marker), token)
+
     return [
         # not one JSON object
         "{", "not json", good + " junk", good + good, good + "," + good, good + '],"x"', "[1,2]", '"a string"', "42",
@@ -79,6 +84,27 @@ def bad_lines(record: dict) -> list[str]:
         changed(value=1e308), changed(value=12345678901234567890), changed(value=-0.0),
         changed(context=[1]), changed(context="x"), changed(context=None),
         changed(context={"a": {"b": [1, {"c": None}]}}),
+        # contexts as Spark writes them back: keys sorted, decimals without trailing zeros, escapes, duplicates
+        changed(context={"b": 1, "A": [1.5, {"z": None, "y": True}], "\u00e9": "x", "a": -0.0, "B": False}),
+        raw("context", '{"p": 9.90, "q": 1e3, "r": 12345678901234567890, "s": 100.0, "t": -12.500}'),
+        raw("context", '{"k": 0.0000001, "l": 0.10, "m": -0, "n": [0.0, 1.000000000000001]}'),
+        raw("context", '{"s": "a\\"b", "t": "\\u00e9", "u": "tab\\t", "\\u0041": 1}'),
+        raw("context", '{"dup": 1, "dup": 2}'), raw("context", '{"n": {"m": {"dup": 1, "dup": 1}}}'),
+        raw("extra", '{"dup": 1, "dup": 2}'), raw("extra", "1" * 1200), raw("extra", "[" * 70 + "]" * 70),
+        # numbers whose text is at, or just past, the length a double is read from exactly, and ones spelled oddly
+        changed(value=0.1), changed(value=123456789012.5), changed(value=0.12345678901234567),
+        changed(value=1234567890.123456789), changed(value=-1e-300), changed(value=2 ** 53 + 1),
+        changed(event_time=1700000000.25), changed(event_time=1700000000.123456789),
+        raw("value", "1E2"), raw("value", "1e400"), raw("value", "-0.0"), raw("value", "0.50000"),
+        raw("value", "100.0"), raw("event_time", "1.7e9"), raw("event_time", "1700000000.0000"),
+        # a number too large for a double is an infinite one, whose JSON text is the string "Infinity"'s
+        changed(user_id="Infinity"), changed(value="-Infinity"), changed(event_time="Infinity"),
+        raw("user_id", "1e400"), raw("event_time", "-1e400"),
+        # ids whose text holds an escape, or characters JSON may escape
+        changed(user_id="a\\b"), changed(user_id="tab\there"), changed(item_id="\u2028"), changed(item_id="a/b"),
+        json.dumps({**record, "user_id": "\u00e9\u4e2d"}, ensure_ascii=False), raw("user_id", '"\\u0041b"'),
+        raw("user_id", '"a\\/b"'),
+        changed(event_time="2024-01-01T00:00:00\\Z"),
     ]
 
 
@@ -102,12 +128,14 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     parser.add_argument("--lines", type=int, default=500_000, help="generated lines, before the bad and fuzzed ones")
     parser.add_argument("--fuzzed", type=int, default=2000, help="generated lines with one random edit each")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--no-line-reader", action="store_true",
+                        help="this checkout without tidal's event line reader (the variant path alone)")
     args = parser.parse_args(argv)
 
     import jobs.features.transforms as this
     from benchmarks.features.classify_cost import cached_line_rows, generated_records
     from tidal.config import load_params
-    from tidal.spark import spark_session
+    from tidal.spark import event_line_reader, spark_session
 
     base_transforms = load_transforms(args.base)
     base_params = load_params().base
@@ -117,20 +145,23 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     frame = cached_line_rows(spark or spark_session("local[2]", 4), lines)
     rules = this.EventRules(base_params.event_types, base_params.max_id_length, base_params.max_future_skew_s,
                             time.time())
+    reader = None if args.no_line_reader else event_line_reader(frame.sparkSession)
     try:
-        result = compare(frame, base_transforms, this, rules, args.rounds)
+        result = compare(frame, base_transforms, this, rules, args.rounds, reader)
     finally:
         frame.unpersist()
     print(json.dumps({"lines": len(lines), **result}, indent=2))
     return 0 if result["same_output"] else 1
 
 
-def compare(frame, base_transforms, this_transforms, rules, rounds: int) -> dict:
-    """Both classifications of the cached line rows: whether they agree, and (only then) their times in turn."""
+def compare(frame, base_transforms, this_transforms, rules, rounds: int, line_reader: str | None = None) -> dict:
+    """Both classifications of the cached line rows: whether they agree, and (only then) their times in turn. This
+    checkout's uses `line_reader` (tidal.spark.event_line_reader's name) when given; the base's never does."""
     from pyspark.sql import functions as F
 
+    this_options = {"line_reader": line_reader} if line_reader else {}
     outputs = {"base": base_transforms.classify_events(frame, base_transforms.EventRules(**dataclasses.asdict(rules))),
-               "this": this_transforms.classify_events(frame, rules)}
+               "this": this_transforms.classify_events(frame, rules, **this_options)}
     outputs = {side: out.select(*OUTPUT) for side, out in outputs.items()}
     only_base, only_this = (outputs["base"].exceptAll(outputs["this"]).count(),
                             outputs["this"].exceptAll(outputs["base"]).count())
@@ -148,7 +179,9 @@ def compare(frame, base_transforms, this_transforms, rules, rounds: int) -> dict
             query.first()
             runs[side].append(round(time.monotonic() - started, 3))
     medians = {side: sorted(r)[len(r) // 2] for side, r in runs.items()}
-    return {"same_output": True, "reasons": dict(sorted(reasons.items())),
+    read_plain = frame.filter(F.call_function(line_reader, F.col("line")).isNotNull()).count() if line_reader else 0
+    return {"same_output": True, "line_reader": line_reader, "lines_read_by_line_reader": read_plain,
+            "reasons": dict(sorted(reasons.items())),
             "sides": {side: {"runs_s": r, "best_s": min(r), "median_s": medians[side]} for side, r in runs.items()},
             "this_vs_base_median": round(medians["this"] / medians["base"], 3)}
 

@@ -38,7 +38,7 @@ from jobs.features.transforms import (EventRules, classify_events, dedupe_with_w
 from tidal.config import Settings, load_settings
 from tidal.manifests import (batch_clock, batch_manifest_path, latest_manifest, latest_manifest_before,
                              manifest_batch_ids, read_batch_manifests, summarize_batches)
-from tidal.spark import spark_for
+from tidal.spark import event_line_reader, spark_for
 from tidal.storage import StorageLayout, atomic_write_json, partition_value, read_json, record_summary
 
 
@@ -85,7 +85,8 @@ def process_micro_batch(spark, files_df, batch_id: int, layout: StorageLayout, s
     params = settings.params
     lines = batch_lines(spark, files_df, claim_zero_byte_files(layout, batch_id),
                         may_hold_parquet=holds_parquet(layout.landing_events))
-    parsed = classify_events(lines, event_rules(settings, now_epoch_s)).withColumn("batch_id", F.lit(batch_id))
+    parsed = classify_events(lines, event_rules(settings, now_epoch_s), line_reader=event_line_reader(spark)) \
+        .withColumn("batch_id", F.lit(batch_id))
     dedupe = dedupe_state_before(spark, layout, batch_id, params.features.allowed_lateness_s)
     # One status per landed record; everything below is a filter on this one cached frame.
     classified = dedupe_with_watermark(parsed, dedupe.seen, dedupe.watermark).persist()

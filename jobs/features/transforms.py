@@ -118,13 +118,26 @@ def parquet_lines(spark, paths: list[str]):
     return result
 
 
-def classify_events(lines_df, rules: EventRules):
+def classify_events(lines_df, rules: EventRules, line_reader: str | None = None):
     """Parse each line against the event contract. Adds typed event columns and `quarantine_reason`
-    (null for an accepted event; otherwise the first rule the record broke)."""
+    (null for an accepted event; otherwise the first rule the record broke).
+
+    `line_reader`: the name of tidal's event line reader in the session (tidal.spark.event_line_reader), or None.
+    It reads a plainly well-formed event line in one pass and returns null for any other line; only those lines take
+    the variant path below, and a line it read skips the checks only a malformed record can fail. Both paths give
+    the same rows (benchmarks/features/classify_ab.py checks it on good, bad and fuzzed lines)."""
     from pyspark.sql import functions as F
 
-    df = lines_df.withColumn("_marker", end_marker(F.col("line")))  # once per line: the parse and the check read it
-    df = df.withColumn("_wrapped", parse_with_end_marker(F.col("line"), F.col("_marker")))
+    if line_reader:
+        df = lines_df.withColumn("_plain", F.when(F.col("file_reason").isNull(),
+                                                  F.call_function(line_reader, F.col("line"))))
+        plain, is_plain = F.col("_plain"), F.col("_plain").isNotNull()
+    else:
+        df, plain, is_plain = lines_df, None, F.lit(False)
+    # A line the reader read is null here, so the variant path costs it nothing.
+    variant_line = F.when(~is_plain, F.col("line")) if line_reader else F.col("line")
+    df = df.withColumn("_marker", end_marker(variant_line))  # once per line: the parse and the check read it
+    df = df.withColumn("_wrapped", parse_with_end_marker(variant_line, F.col("_marker")))
     # Each field is looked up in the record once (`_f_<name>`); its type and its typed values are read from that.
     # A lookup per use cost ~0.3 us more per line (benchmarks/features/RESULTS.md, "2026-12-05: each field looked
     # up once"). The path goes through the wrapper's element 0: a variant_get to 'variant' copies what it returns,
@@ -139,23 +152,28 @@ def classify_events(lines_df, rules: EventRules):
     def as_type(name: str, sql_type: str):
         return F.expr(f"try_variant_get(_f_{name}, '$', '{sql_type}')")
 
+    def either(read: str, variant_value):
+        return F.when(is_plain, plain[read]).otherwise(variant_value) if line_reader else variant_value
+
     df = df.select(
         "*",
         *[F.expr(f"schema_of_variant(_f_{name})").alias(f"_t_{name}") for name in typed_fields],
-        *[as_type(name, "string").alias(name) for name in REQUIRED_STRING_FIELDS],
-        as_type("value", "double").alias("value"),
-        F.expr("to_json(_f_context)").alias("context"),
+        *[either(name, as_type(name, "string")).alias(name) for name in REQUIRED_STRING_FIELDS],
+        either("value", as_type("value", "double")).alias("value"),
+        either("context", F.expr("to_json(_f_context)")).alias("context"),
     )
-    # event_time: ISO-8601 string, or a number of unix seconds. A string must start with its year: Spark would read
-    # a bare time ("10:15:00") as today's, so the same record would classify differently on another day's replay.
-    time_text = as_type("event_time", "string")
-    ts_string = F.when(time_text.rlike(r"^\s*[+-]?[0-9]{4}"), F.try_to_timestamp(time_text))
-    ts_number = F.timestamp_seconds(as_type("event_time", "double"))
-    df = df.withColumn("event_time", F.when(is_numeric_type(F.col("_t_event_time")), ts_number).otherwise(ts_string))
+    # event_time: ISO-8601 string, or a number of unix seconds.
+    variant_time = F.when(is_numeric_type(F.col("_t_event_time")),
+                          F.timestamp_seconds(as_type("event_time", "double"))) \
+        .otherwise(timestamp_from_text(as_type("event_time", "string")))
+    if line_reader:
+        variant_time = F.when(is_plain & plain["time_seconds"].isNotNull(), F.timestamp_seconds(plain["time_seconds"])) \
+            .when(is_plain, timestamp_from_text(plain["time_text"])).otherwise(variant_time)
+    df = df.withColumn("event_time", variant_time)
 
     numeric_value = is_numeric_type(F.col("_t_value"))
-    checks: list[tuple[Any, Any]] = [
-        (F.col("file_reason").isNotNull(), F.col("file_reason")),
+    # The record's form: a line the reader read has passed all of these (its own checks are stricter).
+    form_checks: list[tuple[Any, Any]] = [
         (~ends_at_its_marker(F.col("_wrapped"), F.col("_marker")), F.lit("malformed_json")),
         # A parsed line that starts with "{" is an object; only other lines pay for the whole value's schema.
         (~F.when(F.col("line").startswith("{"), F.lit(True))
@@ -163,15 +181,17 @@ def classify_events(lines_df, rules: EventRules):
          F.lit("not_a_json_object")),
     ]
     for name in (*REQUIRED_STRING_FIELDS, "event_time"):
-        checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
+        form_checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
     for name in REQUIRED_STRING_FIELDS:
-        checks.append((F.col(f"_t_{name}") != "STRING", F.lit(f"wrong_type_{name}")))
-    checks += [
+        form_checks.append((F.col(f"_t_{name}") != "STRING", F.lit(f"wrong_type_{name}")))
+    form_checks += [
         (F.col("_t_value").isNotNull() & (F.col("_t_value") != "VOID") & ~numeric_value, F.lit("wrong_type_value")),
         # JSON null is "null"; an object's JSON starts with "{", and any other value's cannot.
         (F.col("context").isNotNull() & (F.col("context") != "null") & ~F.col("context").startswith("{"),
          F.lit("wrong_type_context")),
     ]
+    checks: list[tuple[Any, Any]] = [(F.col("file_reason").isNotNull(), F.col("file_reason"))]
+    checks += [(~is_plain & condition, label) for condition, label in form_checks] if line_reader else form_checks
     for name in REQUIRED_STRING_FIELDS:
         checks.append((F.trim(F.col(name)) == "", F.lit(f"empty_{name}")))
         checks.append((F.length(F.col(name)) > rules.max_id_length, F.lit(f"oversized_{name}")))
@@ -188,7 +208,15 @@ def classify_events(lines_df, rules: EventRules):
     # The helper columns by name, not from df.columns: on Spark Connect that asks the server to analyse the whole
     # plan, ~0.1 s a call on a warm server, on every micro-batch's critical path.
     return df.withColumn("quarantine_reason", reason).drop(
-        "_marker", "_wrapped", *[f"_f_{name}" for name in fields], *[f"_t_{name}" for name in typed_fields])
+        "_plain", "_marker", "_wrapped", *[f"_f_{name}" for name in fields], *[f"_t_{name}" for name in typed_fields])
+
+
+def timestamp_from_text(text):
+    """An ISO-8601 event time. It must start with its year: Spark would read a bare time ("10:15:00") as today's, so
+    the same record would classify differently on another day's replay."""
+    from pyspark.sql import functions as F
+
+    return F.when(text.rlike(r"^\s*[+-]?[0-9]{4}"), F.try_to_timestamp(text))
 
 
 # The names schema_of_variant gives a JSON number: an integer by its size, a double, or DECIMAL(p,s).
