@@ -70,6 +70,7 @@ def summarize_batches(manifests: list[dict], seconds: float) -> dict[str, Any]:
         "quarantined": sum(m["quarantined"] for m in manifests),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "duplicates": sum(m["duplicates"] for m in manifests),
+        "lines_read_by_line_reader": sum(m.get("lines_read_by_line_reader", 0) for m in manifests),
         "outlier_events_excluded": sum(m.get("outlier_events_excluded", 0) for m in manifests),
         "outlier_users": sorted({u for m in manifests for u in m.get("outlier_users", [])}),
         "seconds": round(seconds, 2),

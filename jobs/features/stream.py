@@ -180,7 +180,8 @@ def batch_stats(classified, max_seen: datetime | None, lateness_s: int) -> Batch
     rows = classified.groupBy("status", "quarantine_reason").agg(
         F.count("*").alias("n"), F.min(accepted_time).alias("lo"), F.max(accepted_time).alias("hi"),
         F.min(accepted_time.cast("double")).alias("lo_s"), F.max(accepted_time.cast("double")).alias("hi_s"),
-        F.collect_set("source_file").alias("files")).collect()
+        F.collect_set("source_file").alias("files"),
+        F.sum(F.col("read_by_line_reader").cast("long")).alias("read_by_line_reader")).collect()
     accepted = next((r for r in rows if r["status"] == "accepted"), None)
     # Epoch seconds, not the collected datetime: that one is naive, in the Python process's local zone.
     batch_max = datetime.fromtimestamp(accepted["hi_s"], tz=timezone.utc) if accepted else None
@@ -371,6 +372,9 @@ def batch_manifest(batch_id: int, layout: StorageLayout, stats: BatchStats, wate
         "quarantined": count["quarantined"],
         "quarantine_reasons": dict(sorted(reasons.items())),
         "duplicates": count["duplicate"],
+        # How many of the landed lines tidal's event line reader read (tidal.spark.event_line_reader); the others
+        # took Spark's variant functions, slower. A drop says the producer's lines changed form (escapes, numbers).
+        "lines_read_by_line_reader": sum(r["read_by_line_reader"] for r in stats.rows),
         "event_time_min": stats.accepted["lo"].isoformat() if stats.accepted else None,
         "event_time_max": stats.accepted["hi"].isoformat() if stats.accepted else None,
         "examples_path": str(layout.examples_batch(batch_id)),

@@ -119,8 +119,9 @@ def parquet_lines(spark, paths: list[str]):
 
 
 def classify_events(lines_df, rules: EventRules, line_reader: str | None = None):
-    """Parse each line against the event contract. Adds typed event columns and `quarantine_reason`
-    (null for an accepted event; otherwise the first rule the record broke).
+    """Parse each line against the event contract. Adds typed event columns, `quarantine_reason` (null for an
+    accepted event; otherwise the first rule the record broke) and `read_by_line_reader` (whether `line_reader` read
+    the line).
 
     `line_reader`: the name of tidal's event line reader in the session (tidal.spark.event_line_reader), or None.
     It reads a plainly well-formed event line in one pass and returns null for any other line; only those lines take
@@ -171,9 +172,25 @@ def classify_events(lines_df, rules: EventRules, line_reader: str | None = None)
             .when(is_plain, timestamp_from_text(plain["time_text"])).otherwise(variant_time)
     df = df.withColumn("event_time", variant_time)
 
-    numeric_value = is_numeric_type(F.col("_t_value"))
-    # The record's form: a line the reader read has passed all of these (its own checks are stricter).
-    form_checks: list[tuple[Any, Any]] = [
+    checks: list[tuple[Any, Any]] = [(F.col("file_reason").isNotNull(), F.col("file_reason"))]
+    # A line the reader read has passed every check of the record's form (its own are stricter).
+    checks += [(~is_plain & condition, label) for condition, label in form_checks()] if line_reader else form_checks()
+    checks += value_checks(rules)
+    reason = F.lit(None).cast("string")
+    for condition, label in reversed(checks):
+        reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
+    # The helper columns by name, not from df.columns: on Spark Connect that asks the server to analyse the whole
+    # plan, ~0.1 s a call on a warm server, on every micro-batch's critical path.
+    return df.withColumn("quarantine_reason", reason).withColumn("read_by_line_reader", is_plain).drop(
+        "_plain", "_marker", "_wrapped", *[f"_f_{name}" for name in fields], *[f"_t_{name}" for name in typed_fields])
+
+
+def form_checks() -> list[tuple[Any, Any]]:
+    """The checks of a record's form, in order, over classify_events' variant helper columns: one JSON object, and
+    each field present and of its type."""
+    from pyspark.sql import functions as F
+
+    checks: list[tuple[Any, Any]] = [
         (~ends_at_its_marker(F.col("_wrapped"), F.col("_marker")), F.lit("malformed_json")),
         # A parsed line that starts with "{" is an object; only other lines pay for the whole value's schema.
         (~F.when(F.col("line").startswith("{"), F.lit(True))
@@ -181,34 +198,33 @@ def classify_events(lines_df, rules: EventRules, line_reader: str | None = None)
          F.lit("not_a_json_object")),
     ]
     for name in (*REQUIRED_STRING_FIELDS, "event_time"):
-        form_checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
+        checks.append((F.col(f"_t_{name}").isNull() | (F.col(f"_t_{name}") == "VOID"), F.lit(f"missing_{name}")))
     for name in REQUIRED_STRING_FIELDS:
-        form_checks.append((F.col(f"_t_{name}") != "STRING", F.lit(f"wrong_type_{name}")))
-    form_checks += [
-        (F.col("_t_value").isNotNull() & (F.col("_t_value") != "VOID") & ~numeric_value, F.lit("wrong_type_value")),
+        checks.append((F.col(f"_t_{name}") != "STRING", F.lit(f"wrong_type_{name}")))
+    return checks + [
+        (F.col("_t_value").isNotNull() & (F.col("_t_value") != "VOID") & ~is_numeric_type(F.col("_t_value")),
+         F.lit("wrong_type_value")),
         # JSON null is "null"; an object's JSON starts with "{", and any other value's cannot.
         (F.col("context").isNotNull() & (F.col("context") != "null") & ~F.col("context").startswith("{"),
          F.lit("wrong_type_context")),
     ]
-    checks: list[tuple[Any, Any]] = [(F.col("file_reason").isNotNull(), F.col("file_reason"))]
-    checks += [(~is_plain & condition, label) for condition, label in form_checks] if line_reader else form_checks
+
+
+def value_checks(rules: EventRules) -> list[tuple[Any, Any]]:
+    """The checks of a well-formed record's values, in order, over its typed columns."""
+    from pyspark.sql import functions as F
+
+    checks: list[tuple[Any, Any]] = []
     for name in REQUIRED_STRING_FIELDS:
         checks.append((F.trim(F.col(name)) == "", F.lit(f"empty_{name}")))
         checks.append((F.length(F.col(name)) > rules.max_id_length, F.lit(f"oversized_{name}")))
-    checks += [
+    return checks + [
         (~F.col("event_type").isin(list(rules.event_types)), F.lit("unknown_event_type")),
         (F.col("event_time").isNull(), F.lit("unparseable_event_time")),
         (F.col("event_time") < F.lit("1970-01-01 00:00:00").cast("timestamp"), F.lit("event_time_before_1970")),
         (F.unix_timestamp(F.col("event_time")) > F.lit(rules.now_epoch_s + rules.max_future_skew_s),
          F.lit("future_event_time")),
     ]
-    reason = F.lit(None).cast("string")
-    for condition, label in reversed(checks):
-        reason = F.when(F.coalesce(condition, F.lit(False)), label).otherwise(reason)
-    # The helper columns by name, not from df.columns: on Spark Connect that asks the server to analyse the whole
-    # plan, ~0.1 s a call on a warm server, on every micro-batch's critical path.
-    return df.withColumn("quarantine_reason", reason).drop(
-        "_plain", "_marker", "_wrapped", *[f"_f_{name}" for name in fields], *[f"_t_{name}" for name in typed_fields])
 
 
 def timestamp_from_text(text):

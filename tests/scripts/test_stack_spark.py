@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import REPO_ROOT, write_params
 from tests.jobs.features.test_stream_exactly_once import EVENTS_PER_FILE, FILES, final_state, landing_files, manifests
 from tests.scripts.stack_run import free_ports, sourced, stack, stack_dir_env
-from tidal.spark import CODEGEN_CACHE_ENTRIES
+from tidal.spark import CODEGEN_CACHE_ENTRIES, JVM_JAR
 
 
 # The job's environment with a Java that does not exist (spark-submit runs $JAVA_HOME/bin/java when it is set): a
@@ -121,6 +121,7 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
     assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}
     # A server runs batch after batch: it keeps their compiled code (tidal.spark.CODEGEN_CACHE_ENTRIES says why).
     assert f"spark.sql.codegen.cache.maxEntries={CODEGEN_CACHE_ENTRIES}" in server.cmdline()
+    assert str(JVM_JAR) in server.cmdline()
 
     # The foreachBatch worker the server starts for every features task imports the venv's compiled pyspark, not the
     # wheel's pyspark.zip (no bytecode in it: 1.6 s of imports per task instead of 0.65 s; scripts/stack.sh says why).
@@ -152,8 +153,10 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
 
     # The summaries each task run reports: batches, files, counts and quarantine reasons, run for run.
     keep = ("batch_ids", "files", "landed", "accepted", "quarantined", "quarantine_reasons", "duplicates",
-            "outlier_events_excluded", "outlier_users")
+            "lines_read_by_line_reader", "outlier_events_excluded", "outlier_users")
     assert [{k: s[k] for k in keep} for s in connect] == [{k: s[k] for k in keep} for s in local]
+    # The server has tidal's event line reader (`make jvm`, passed by --jars): it read every well-formed event.
+    assert sum(s["lines_read_by_line_reader"] for s in connect) >= FILES * EVENTS_PER_FILE
     assert [s["batch_ids"] for s in local] == [[0, 1], [2, 3]]  # the second run made batches: not a replay of nothing
     assert sum(s["landed"] for s in connect) == FILES * (EVENTS_PER_FILE + 1) + (FILES - 1) + 1
     assert {r: sum(s["quarantine_reasons"].get(r, 0) for s in connect) for r in ("empty_file", "malformed_json")} == \
