@@ -526,7 +526,7 @@ start_serving() {
 
 start_spark() {
   if alive spark; then log "spark already running (pid $(cat "$(pid_file spark)"))"; return 0; fi
-  local port=${settings[TIDAL_SPARK_PORT]} spark_home entry master memory codegen_entries plugin i params_env=() forkserver
+  local port=${settings[TIDAL_SPARK_PORT]} spark_home entry master memory codegen_entries plugin jvm_options i params_env=() forkserver
   local jvm_jars=()
   # tidal's JVM code (`make jvm`: the features job's event line reader, tidal.spark.JVM_JAR) on the server's classpath;
   # without it the features job reads every line with Spark's variant functions alone (correct, slower).
@@ -542,9 +542,10 @@ start_spark() {
     { log "the venv lacks pyspark's Connect client (pyspark[connect]: grpcio-status, zstandard, ...); make venv"; return 1; }
   # The master and heap a local job would use (features.spark_master, features.spark_driver_memory), refused with
   # the params' own message when invalid, the size of the compiled-code cache a long-lived session needs
-  # (tidal.spark.CODEGEN_CACHE_ENTRIES says why) and the plugin that serves Spark Connect.
-  read -r master memory codegen_entries plugin < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
-    'from tidal.config import load_params; from tidal.spark import CODEGEN_CACHE_ENTRIES as n; from tidal.spark_connect_server import CONNECT_PLUGIN as p; f = load_params().features; print(f.spark_master, f.spark_driver_memory, n, p)') &&
+  # (tidal.spark.CODEGEN_CACHE_ENTRIES says why), the plugin that serves Spark Connect and the JVM options every
+  # Spark JVM of tidal's gets (tidal.spark.JVM_OPTIONS says why).
+  read -r master memory codegen_entries plugin jvm_options < <(env "${params_env[@]}" PYTHONPATH="$repo" "$venv_bin/python" -c \
+    'from tidal.config import load_params; from tidal.spark import CODEGEN_CACHE_ENTRIES as n, JVM_OPTIONS as o; from tidal.spark_connect_server import CONNECT_PLUGIN as p; f = load_params().features; print(f.spark_master, f.spark_driver_memory, n, p, o)') &&
     [[ -n $master ]] || { log "could not read features.spark_master from the params (above)"; return 1; }
   mkdir -p "$stack_dir/spark/tmp"
   # The server's SPARK_HOME is the wheel's Spark (bin, jars, ...) without its python/ folder. Spark puts
@@ -573,6 +574,7 @@ start_spark() {
     setsid bash -c '"$1" -m tidal.worker_forkserver serve "$2" </dev/null & shift 2; exec "$@"' \
     worker-forkserver "$venv_bin/python" "$forkserver" \
     "$stack_dir/spark/home/bin/spark-submit" --name "tidal Spark Connect" --master "$master" --driver-memory "$memory" \
+    --driver-java-options "$jvm_options" --conf spark.executor.extraJavaOptions="$jvm_options" \
     --conf spark.plugins="$plugin" \
     --conf spark.sql.artifact.isolation.alwaysApplyClassLoader=false \
     --conf spark.connect.grpc.binding.address=127.0.0.1 --conf spark.connect.grpc.binding.port="$port" \

@@ -42,6 +42,15 @@ EVENT_LINE_READER_TYPE = ("struct<event_id:string,user_id:string,item_id:string,
 CODEGEN_CACHE_ENTRIES = 1000
 
 
+# JVM options for every JVM tidal starts for Spark (a local driver, the stack's Connect server, the cluster
+# profile's executors). HotSpot does not JIT-compile a method over 8,000 bytes of bytecode, and whole-stage codegen
+# makes the features job's first stage (read, split, classify, the dedupe shuffle's write) one such method, which then
+# ran in the interpreter: 16 executor CPU s of a 1M-event batch against 9-11 with the option, passes of 22.8 s against
+# 17.9-19.8 s (benchmarks/features/RESULTS.md, "2026-12-05 (night): tidal's event line reader"). One word, no spaces:
+# scripts/stack.sh passes it to spark-submit as one argument.
+JVM_OPTIONS = "-XX:-DontCompileHugeMethods"
+
+
 # Session settings that a Connect client may set per session (the server's static ones, such as the UI, the driver's
 # address and heap, are fixed when scripts/stack.sh starts it).
 def session_conf(shuffle_partitions: int, max_partition_mb: int = 32) -> dict[str, str]:
@@ -76,6 +85,8 @@ def spark_session(master: str = "local[2]", shuffle_partitions: int = 4, app_nam
         # Read only when this call starts the JVM (features.spark_driver_memory); a running session keeps its heap.
         .config("spark.driver.memory", driver_memory)
         .config("spark.sql.codegen.cache.maxEntries", str(CODEGEN_CACHE_ENTRIES))
+        .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
+        .config("spark.executor.extraJavaOptions", JVM_OPTIONS)
     )
     if JVM_JAR.exists():
         builder = builder.config("spark.jars", str(JVM_JAR))

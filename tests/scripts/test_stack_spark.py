@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import REPO_ROOT, write_params
 from tests.jobs.features.test_stream_exactly_once import EVENTS_PER_FILE, FILES, final_state, landing_files, manifests
 from tests.scripts.stack_run import free_ports, sourced, stack, stack_dir_env
-from tidal.spark import CODEGEN_CACHE_ENTRIES, JVM_JAR
+from tidal.spark import CODEGEN_CACHE_ENTRIES, JVM_JAR, JVM_OPTIONS
 
 
 # The job's environment with a Java that does not exist (spark-submit runs $JAVA_HOME/bin/java when it is set): a
@@ -121,7 +121,8 @@ def test_features_through_the_stacks_spark_connect_equal_a_local_spark_and_start
     assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}
     # A server runs batch after batch: it keeps their compiled code (tidal.spark.CODEGEN_CACHE_ENTRIES says why).
     assert f"spark.sql.codegen.cache.maxEntries={CODEGEN_CACHE_ENTRIES}" in server.cmdline()
-    assert str(JVM_JAR) in server.cmdline()
+    # tidal's jar (the event line reader) and its JVM options (tidal.spark.JVM_OPTIONS says why).
+    assert str(JVM_JAR) in server.cmdline() and JVM_OPTIONS in server.cmdline()
 
     # The foreachBatch worker the server starts for every features task imports the venv's compiled pyspark, not the
     # wheel's pyspark.zip (no bytecode in it: 1.6 s of imports per task instead of 0.65 s; scripts/stack.sh says why).

@@ -77,3 +77,14 @@ def test_a_file_scan_is_cut_into_tasks_of_at_most_max_partition_mb(spark, tidal_
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", before)
     assert tasks == {64: 1, 2: 10}
+
+
+def test_a_local_session_compiles_huge_methods_and_has_tidals_jar(spark):
+    """The JVM runs with tidal.spark.JVM_OPTIONS (whole-stage codegen's method for the features job's first stage is
+    over HotSpot's 8,000-byte limit, and would otherwise be interpreted), and the session lists tidal's jar."""
+    from tidal.spark import JVM_JAR, JVM_OPTIONS
+
+    arguments = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert JVM_OPTIONS in arguments, arguments
+    assert spark.conf.get("spark.executor.extraJavaOptions") == JVM_OPTIONS
+    assert str(JVM_JAR) in spark.sparkContext.getConf().get("spark.jars", "")

@@ -137,7 +137,11 @@ public final class EventLineReader implements UDF1<String, Row> {
     }
     if (token == JsonToken.VALUE_NUMBER_FLOAT) {
       String text = p.getText();
-      if (text.length() <= MAX_EXACT_NUMBER_CHARS && isPlainDecimal(text)) return Double.parseDouble(text);
+      if (text.length() <= MAX_EXACT_NUMBER_CHARS && isPlainDecimal(text)) {
+        // A decimal has no negative zero: the variant path reads "-0.0" as 0.0, so this must too.
+        double parsed = Double.parseDouble(text);
+        return parsed == 0.0 ? 0.0 : parsed;
+      }
     }
     throw NotPlain.INSTANCE;
   }
