@@ -22,8 +22,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@touch $@
 
 # tidal's JVM code (jvm/src: the features job's event line reader), compiled against the venv's Spark and Jackson.
-# Needs a JDK's javac (Spark needs Java 17 anyway); without one the jar is skipped with a warning and the features
-# job reads every line with Spark's variant functions alone (correct, slower).
+# Needs a JDK 17's javac and jar (Spark itself needs only the Java runtime); without them the jar is skipped with a
+# warning and the features job reads every line with Spark's variant functions alone (correct, slower).
 JVM_SOURCES := $(shell find jvm/src -name '*.java')
 JVM_JAR := build/tidal-spark.jar
 SPARK_JARS = $(shell $(BIN)/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')

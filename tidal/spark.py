@@ -22,9 +22,10 @@ from tidal.config import Settings
 
 log = logging.getLogger(__name__)
 
-# tidal's own JVM code (jvm/src, built by `make`): the features job's event line reader. Every session tidal starts
-# puts it on the classpath when it has been built (a local one by spark.jars, the stack's Connect server and the
-# cluster profile's by --jars); without it the features job reads every line with Spark's variant functions alone.
+# tidal's own JVM code (jvm/src, built by `make jvm`): the features job's event line reader. Every session tidal starts
+# puts it on the classpath when it has been built (a local or cluster session by spark.jars, whose driver serves it to
+# the executors; the stack's Connect server by --jars); without it the features job reads every line with Spark's
+# variant functions alone.
 JVM_JAR = Path(__file__).resolve().parents[1] / "build" / "tidal-spark.jar"
 EVENT_LINE_READER = "tidal_event_line"
 EVENT_LINE_READER_CLASS = "tidal.spark.EventLineReader"
