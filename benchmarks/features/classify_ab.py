@@ -104,7 +104,7 @@ def bad_lines(record: dict) -> list[str]:
         # ids whose text holds an escape, or characters JSON may escape
         changed(user_id="a\\b"), changed(user_id="tab\there"), changed(item_id="\u2028"), changed(item_id="a/b"),
         json.dumps({**record, "user_id": "\u00e9\u4e2d"}, ensure_ascii=False), raw("user_id", '"\\u0041b"'),
-        raw("user_id", '"a\\/b"'),
+        raw("user_id", '"a\\/b"'), raw("user_id", '"\\ud800x"'), raw("context", '{"k": "\\udc00", "\\ud83d": 1}'),
         changed(event_time="2024-01-01T00:00:00\\Z"),
     ]
 

@@ -81,6 +81,8 @@ def test_reads_the_fields_of_plain_lines(spark, reader):
     json.dumps(GOOD)[:-1] + ', "extra": ' + "1" * 200 + "}",           # a number longer than its limit
     json.dumps({**GOOD, "note": "x" * 70_000}),                      # a line longer than its limit
     json.dumps({**GOOD, "user_id": "bad \ufffd byte"}, ensure_ascii=False),  # where a byte was not UTF-8
+    json.dumps({**GOOD, "user_id": "\ud800x"}),                      # an escaped lone surrogate (variant: malformed)
+    json.dumps({**GOOD, "extra": {"k": "\udc00"}}),                  # ... also in a field it does not read
 ])
 def test_leaves_every_other_line_to_the_variant_path(spark, reader, line):
     assert read(spark, reader, [line]) == [None]

@@ -73,7 +73,7 @@ public final class EventLineReader implements UDF1<String, Row> {
   @Override
   public Row call(String line) {
     if (line == null || line.isEmpty() || line.length() > MAX_LINE_CHARS || line.charAt(0) != '{'
-        || line.indexOf('\uFFFD') >= 0) {
+        || line.indexOf('\uFFFD') >= 0 || hasEscapedSurrogate(line)) {
       return null;
     }
     try (JsonParser parser = FACTORY.createParser(line)) {
@@ -81,6 +81,19 @@ public final class EventLineReader implements UDF1<String, Row> {
     } catch (IOException | NotPlain | RuntimeException e) {
       return null;
     }
+  }
+
+  /**
+   * Whether the line holds a UTF-16 surrogate written as an escape ("\\ud800"): the variant path refuses a lone one
+   * as malformed, anywhere in the line, so every line with one is left to it. (A surrogate that is not escaped can
+   * only come from a valid 4-byte UTF-8 character, always a pair; invalid bytes are U+FFFD, refused above.)
+   */
+  static boolean hasEscapedSurrogate(String line) {
+    for (int i = line.indexOf("\\u"); i >= 0 && i + 3 < line.length(); i = line.indexOf("\\u", i + 1)) {
+      char first = line.charAt(i + 2), second = line.charAt(i + 3);
+      if ((first == 'd' || first == 'D') && "89abcdefABCDEF".indexOf(second) >= 0) return true;
+    }
+    return false;
   }
 
   private static Row read(JsonParser p) throws IOException, NotPlain {
