@@ -24,7 +24,8 @@ import org.apache.spark.sql.api.java.UDF1;
  * <ul>
  *   <li>the line starts with "{" and is exactly one JSON object (only whitespace after it), parsed by Jackson with
  *       its default features, which Spark's variant parser also uses (stricter limits on depth and number length,
- *       and duplicate keys refused at every level, as the variant builder refuses them);</li>
+ *       and duplicate keys refused at every level, as the variant builder refuses them), with no escaped UTF-16
+ *       surrogate anywhere (the variant path reads a lone one as malformed);</li>
  *   <li>event_id, user_id, item_id and event_type are JSON strings;</li>
  *   <li>event_time is a string, or a number it reads exactly (below); value is absent, null, or such a number;</li>
  *   <li>context is absent, null, or an object it can write as Spark's to_json writes the variant (keys sorted,
