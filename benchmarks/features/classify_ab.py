@@ -11,8 +11,8 @@ the wrong type, empty or oversized, times that cannot be parsed or are out of ra
 They are cached on `local[2]` (4 partitions) as the line rows `classify_events` reads.
 
 Both classifications must give the same rows (`exceptAll` both ways is empty, over each row's JSON text: the line's
-position and every output column), or the script stops before timing anything: a cheaper classification that changes one quarantine reason is a
-different contract. Then one untimed run of each and `--rounds` rounds of both in turn (round-robin, so a burst of
+position and every output column), or the script stops before timing anything: a cheaper classification that
+changes one quarantine reason is a different contract. Then one untimed run of each and `--rounds` rounds of both in turn (round-robin, so a burst of
 load on this shared machine hits both alike), each an aggregation over every output column. Prints one JSON object:
 the quarantine reasons and their counts, and per side the runs, best and median seconds, and the ratio of this
 checkout's median to the base's.

@@ -164,13 +164,14 @@ def classify_events(lines_df, rules: EventRules, line_reader: str | None = None)
         either("context", F.expr("to_json(_f_context)")).alias("context"),
     )
     # event_time: ISO-8601 string, or a number of unix seconds.
-    variant_time = F.when(is_numeric_type(F.col("_t_event_time")),
-                          F.timestamp_seconds(as_type("event_time", "double"))) \
+    event_time = F.when(is_numeric_type(F.col("_t_event_time")),
+                        F.timestamp_seconds(as_type("event_time", "double"))) \
         .otherwise(timestamp_from_text(as_type("event_time", "string")))
     if line_reader:
-        variant_time = F.when(is_plain & plain["time_seconds"].isNotNull(), F.timestamp_seconds(plain["time_seconds"])) \
-            .when(is_plain, timestamp_from_text(plain["time_text"])).otherwise(variant_time)
-    df = df.withColumn("event_time", variant_time)
+        event_time = F.when(is_plain & plain["time_seconds"].isNotNull(),
+                            F.timestamp_seconds(plain["time_seconds"])) \
+            .when(is_plain, timestamp_from_text(plain["time_text"])).otherwise(event_time)
+    df = df.withColumn("event_time", event_time)
 
     checks: list[tuple[Any, Any]] = [(F.col("file_reason").isNotNull(), F.col("file_reason"))]
     # A line the reader read has passed every check of the record's form (its own are stricter).

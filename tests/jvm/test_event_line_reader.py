@@ -100,7 +100,8 @@ def test_classification_gives_the_same_rows_with_the_reader_as_without(spark, re
     with_reader = classify_events(lines, RULES, line_reader=reader)
     without = classify_events(lines, RULES)
     # As each row's JSON text: Spark's own equality would take -0.0 for 0.0.
-    rows_with, rows_without = (frame.select(F.to_json(F.struct(*classify_ab.OUTPUT))) for frame in (with_reader, without))
+    rows_with, rows_without = (frame.select(F.to_json(F.struct(*classify_ab.OUTPUT)))
+                               for frame in (with_reader, without))
     assert rows_with.exceptAll(rows_without).count() == 0
     assert rows_without.exceptAll(rows_with).count() == 0
     assert with_reader.count() == without.count() == len(LINE_CASES) + len(bad) + 3
